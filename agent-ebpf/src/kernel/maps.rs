@@ -1,0 +1,35 @@
+//! Map definitions. Names, layouts, sizes and the who-writes/who-reads table
+//! are in the ABI crate (`tollgate_ebpf::map`); sizes here are defaults the
+//! agent overrides from config at load time. All maps are pinned by name so
+//! counters survive agent restarts.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use tollgate_ebpf::{
+    COUNTER_SLOTS, CgroupStats, CidrInfo, FlowStats, LpmAddr, PeerKey,
+    map::{
+        DEFAULT_CGROUP_STATS_ENTRIES, DEFAULT_CIDR_ENTRIES, DEFAULT_CONN_EVENTS_BYTES,
+        DEFAULT_CONN_SEEN_ENTRIES, DEFAULT_FLOW_ENTRIES,
+    },
+};
+
+#[map(name = "TG_CG_STATS")]
+pub static CG_STATS: PerCpuHashMap<u64, CgroupStats> =
+    PerCpuHashMap::pinned(DEFAULT_CGROUP_STATS_ENTRIES, 0);
+
+#[map(name = "TG_FLOWS")]
+pub static FLOWS: LruHashMap<PeerKey, FlowStats> = LruHashMap::pinned(DEFAULT_FLOW_ENTRIES, 0);
+
+#[map(name = "TG_CIDRS")]
+pub static CIDRS: LpmTrie<LpmAddr, CidrInfo> = LpmTrie::pinned(DEFAULT_CIDR_ENTRIES, 0);
+
+#[map(name = "TG_CONN_SEEN")]
+pub static CONN_SEEN: LruHashMap<PeerKey, u64> = LruHashMap::pinned(DEFAULT_CONN_SEEN_ENTRIES, 0);
+
+#[map(name = "TG_CONN_EVENTS")]
+pub static CONN_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_CONN_EVENTS_BYTES, 0);
+
+#[map(name = "TG_COUNTERS")]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);

@@ -1,0 +1,147 @@
+//! The one place that reads packet bytes, and the IPv4/IPv6 header walk.
+//!
+//! All reads go through [`load`], i.e. bpf_skb_load_bytes, which checks the
+//! offset against the packet length in the kernel: a truncated or garbage
+//! packet yields `Err`, never an out-of-bounds read. For cgroup_skb programs
+//! offset 0 is the start of the IP header.
+
+use aya_ebpf::programs::SkBuffContext;
+use tollgate_ebpf::{FAMILY_V4, FAMILY_V6, v4_mapped};
+
+const ETH_P_IP: u32 = 0x0800;
+const ETH_P_IPV6: u32 = 0x86DD;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_DSTOPTS: u8 = 60;
+const IPPROTO_MH: u8 = 135;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_UDPLITE: u8 = 136;
+
+/// How many IPv6 extension headers are walked before giving up (the
+/// verifier needs a bound; real traffic rarely has more than two).
+const MAX_EXT_HEADERS: usize = 8;
+
+/// Reads `N` bytes at `offset` from the network header.
+#[inline(always)]
+pub fn load<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Result<[u8; N], ()> {
+    ctx.load::<[u8; N]>(offset).map_err(|_| ())
+}
+
+/// Addresses, protocol and ports of a packet.
+pub struct Headers {
+    pub family: u8,
+    pub proto: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    /// Host byte order; 0 when there are no ports.
+    pub sport: u16,
+    pub dport: u16,
+}
+
+#[inline(always)]
+fn carries_ports(proto: u8) -> bool {
+    matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE)
+}
+
+#[inline(always)]
+fn ports(ctx: &SkBuffContext, offset: usize, h: &mut Headers) -> Result<(), ()> {
+    let p = load::<4>(ctx, offset)?;
+    h.sport = u16::from_be_bytes([p[0], p[1]]);
+    h.dport = u16::from_be_bytes([p[2], p[3]]);
+    Ok(())
+}
+
+/// Parses the IP header (and the transport ports where present). `Err` means
+/// the packet is not IPv4/IPv6 or its headers are cut short.
+#[inline(always)]
+pub fn parse(ctx: &SkBuffContext) -> Result<Headers, ()> {
+    // skb->protocol is set by the stack (ip_output, eth_type_trans); fall
+    // back to the version nibble for anything else.
+    let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
+    let first = load::<1>(ctx, 0)?[0] >> 4;
+    if proto == ETH_P_IP || (proto != ETH_P_IPV6 && first == 4) {
+        parse_v4(ctx)
+    } else if proto == ETH_P_IPV6 || first == 6 {
+        parse_v6(ctx)
+    } else {
+        Err(())
+    }
+}
+
+#[inline(always)]
+fn parse_v4(ctx: &SkBuffContext) -> Result<Headers, ()> {
+    let b = load::<20>(ctx, 0)?;
+    if b[0] >> 4 != 4 {
+        return Err(());
+    }
+    let ihl = ((b[0] & 0x0f) as usize) * 4;
+    if ihl < 20 {
+        return Err(());
+    }
+    let mut h = Headers {
+        family: FAMILY_V4,
+        proto: b[9],
+        src: v4_mapped([b[12], b[13], b[14], b[15]]),
+        dst: v4_mapped([b[16], b[17], b[18], b[19]]),
+        sport: 0,
+        dport: 0,
+    };
+    let frag_offset = u16::from_be_bytes([b[6], b[7]]) & 0x1fff;
+    if frag_offset == 0 && carries_ports(h.proto) {
+        ports(ctx, ihl, &mut h)?;
+    }
+    Ok(h)
+}
+
+#[inline(always)]
+fn parse_v6(ctx: &SkBuffContext) -> Result<Headers, ()> {
+    let b = load::<40>(ctx, 0)?;
+    if b[0] >> 4 != 6 {
+        return Err(());
+    }
+    let mut h = Headers {
+        family: FAMILY_V6,
+        proto: b[6],
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+    };
+    h.src.copy_from_slice(&b[8..24]);
+    h.dst.copy_from_slice(&b[24..40]);
+    let mut offset = 40usize;
+    let mut has_ports = true;
+    for _ in 0..MAX_EXT_HEADERS {
+        match h.proto {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH => {
+                let e = load::<2>(ctx, offset)?;
+                h.proto = e[0];
+                offset += (e[1] as usize + 1) * 8;
+            }
+            IPPROTO_AH => {
+                let e = load::<2>(ctx, offset)?;
+                h.proto = e[0];
+                offset += (e[1] as usize + 2) * 4;
+            }
+            IPPROTO_FRAGMENT => {
+                let e = load::<4>(ctx, offset)?;
+                h.proto = e[0];
+                // A non-first fragment carries no transport header.
+                if u16::from_be_bytes([e[2], e[3]]) >> 3 != 0 {
+                    has_ports = false;
+                }
+                offset += 8;
+            }
+            _ => break,
+        }
+    }
+    if has_ports && carries_ports(h.proto) {
+        ports(ctx, offset, &mut h)?;
+    }
+    Ok(h)
+}

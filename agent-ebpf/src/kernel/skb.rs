@@ -1,0 +1,55 @@
+//! cgroup_skb ingress and egress, attached at the cgroup v2 root: bytes and
+//! packets per cgroup, direction and scope, and the per-peer flow table.
+//! Always returns 1 (pass): accounting never drops.
+
+use aya_ebpf::{
+    helpers::generated::bpf_skb_cgroup_id,
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use tollgate_ebpf::PeerKey;
+
+use super::{
+    packet,
+    stats::{Dir, count_flow, count_packet, is_internal},
+};
+
+const PASS: i32 = 1;
+
+#[cgroup_skb(egress)]
+pub fn tg_skb_egress(ctx: SkBuffContext) -> i32 {
+    account(&ctx, Dir::Egress);
+    PASS
+}
+
+#[cgroup_skb(ingress)]
+pub fn tg_skb_ingress(ctx: SkBuffContext) -> i32 {
+    account(&ctx, Dir::Ingress);
+    PASS
+}
+
+#[inline(always)]
+fn account(ctx: &SkBuffContext, dir: Dir) {
+    // SAFETY: `ctx.skb` is the program's context pointer.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let bytes = ctx.len() as u64;
+    let Ok(h) = packet::parse(ctx) else {
+        // Unreadable headers: counted as external bytes and as malformed.
+        count_packet(cgroup_id, dir, false, true, bytes);
+        return;
+    };
+    let (addr, port) = match dir {
+        Dir::Egress => (h.dst, h.dport),
+        Dir::Ingress => (h.src, h.sport),
+    };
+    count_packet(cgroup_id, dir, is_internal(&addr), false, bytes);
+    let key = PeerKey {
+        cgroup_id,
+        addr,
+        port,
+        proto: h.proto,
+        family: h.family,
+        _pad: [0; 4],
+    };
+    count_flow(&key, dir, bytes);
+}

@@ -1,0 +1,149 @@
+//! Counter updates shared by all hooks. Every add is atomic: per-CPU values
+//! can still be updated from process context and from softirq on the same
+//! CPU, and exact counts are the point.
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+use tollgate_ebpf::{
+    ByteCount, CGROUP_OVERFLOW, CgroupStats, Counter, FlowStats, LpmAddr, PeerKey, SCOPE_INTERNAL,
+};
+
+use super::maps::{CG_STATS, CIDRS, COUNTERS, FLOWS};
+
+/// Atomically adds `v` to the u64 at `p`.
+#[inline(always)]
+pub fn add(p: *mut u64, v: u64) {
+    // SAFETY: `p` points into a map value returned by a successful lookup;
+    // map values are 8-byte aligned and live for the whole program run.
+    // (core::sync::atomic has no fetch_add on the BPF target: the
+    // intrinsic lowers to BPF_ATOMIC | BPF_ADD.)
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v);
+    }
+}
+
+#[inline(always)]
+fn add_count(c: *mut ByteCount, bytes: u64) {
+    // SAFETY: `c` points into a live map value (see `add`); only field
+    // addresses are taken, nothing is read or written through a reference.
+    unsafe {
+        add(&raw mut (*c).bytes, bytes);
+        add(&raw mut (*c).packets, 1);
+    }
+}
+
+/// Adds one to a kernel health counter.
+#[inline(always)]
+pub fn bump(counter: Counter) {
+    if let Some(p) = COUNTERS.get_ptr_mut(counter as u32) {
+        add(p, 1);
+    }
+}
+
+/// Coarse monotonic clock (CLOCK_MONOTONIC_COARSE, a few ms resolution):
+/// cheap enough for every packet (bpf_ktime_get_coarse_ns, Linux 5.11).
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: helper without arguments or side effects.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Whether `addr` (IPv4-mapped for IPv4) lies in a configured internal CIDR.
+#[inline(always)]
+pub fn is_internal(addr: &[u8; 16]) -> bool {
+    let key = Key::new(128, LpmAddr { addr: *addr });
+    matches!(CIDRS.get(&key), Some(info) if info.scope == SCOPE_INTERNAL)
+}
+
+/// Returns the stats slot of `cgroup_id`, creating it; when the map is full
+/// the overflow slot (created by the agent before attaching) is returned and
+/// the overflow counted.
+#[inline(always)]
+pub fn cgroup_slot(cgroup_id: u64) -> Option<*mut CgroupStats> {
+    if let Some(p) = CG_STATS.get_ptr_mut(cgroup_id) {
+        return Some(p);
+    }
+    // Insert zeroes and count through the pointer: one code path for the
+    // first packet and the rest. EEXIST (another CPU won the race) is fine.
+    let zero = CgroupStats::default();
+    let _ = CG_STATS.insert(cgroup_id, zero, BPF_NOEXIST as u64);
+    if let Some(p) = CG_STATS.get_ptr_mut(cgroup_id) {
+        return Some(p);
+    }
+    bump(Counter::CgroupStatsFull);
+    CG_STATS.get_ptr_mut(CGROUP_OVERFLOW)
+}
+
+/// Direction of a packet relative to the cgroup.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Egress,
+    Ingress,
+}
+
+/// Counts one packet of `bytes` for the cgroup.
+#[inline(always)]
+pub fn count_packet(cgroup_id: u64, dir: Dir, internal: bool, malformed: bool, bytes: u64) {
+    let Some(s) = cgroup_slot(cgroup_id) else {
+        return;
+    };
+    // SAFETY: `s` points to a live map value; only field addresses are taken.
+    unsafe {
+        let scope = match dir {
+            Dir::Egress => &raw mut (*s).egress,
+            Dir::Ingress => &raw mut (*s).ingress,
+        };
+        let c = if internal {
+            &raw mut (*scope).internal
+        } else {
+            &raw mut (*scope).external
+        };
+        add_count(c, bytes);
+        if malformed {
+            add(&raw mut (*s).malformed, 1);
+        }
+    }
+}
+
+/// Counts one packet in the flow table, creating the flow.
+#[inline(always)]
+pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64) {
+    let now = now_ns();
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: `f` points to a live map value; only field addresses are
+        // taken, `last_seen_ns` is a plain aligned store (last writer wins).
+        unsafe {
+            match dir {
+                Dir::Egress => add_count(&raw mut (*f).tx, bytes),
+                Dir::Ingress => add_count(&raw mut (*f).rx, bytes),
+            }
+            (*f).last_seen_ns = now;
+        }
+        return;
+    }
+    let one = ByteCount { bytes, packets: 1 };
+    let mut value = FlowStats {
+        first_seen_ns: now,
+        last_seen_ns: now,
+        ..FlowStats::default()
+    };
+    match dir {
+        Dir::Egress => value.tx = one,
+        Dir::Ingress => value.rx = one,
+    }
+    match FLOWS.insert(key, value, BPF_NOEXIST as u64) {
+        Ok(()) => bump(Counter::FlowsCreated),
+        Err(_) => {
+            // Lost a race with another CPU (EEXIST): add to the winner's entry.
+            match FLOWS.get_ptr_mut(key) {
+                // SAFETY: as above.
+                Some(f) => unsafe {
+                    match dir {
+                        Dir::Egress => add_count(&raw mut (*f).tx, bytes),
+                        Dir::Ingress => add_count(&raw mut (*f).rx, bytes),
+                    }
+                },
+                None => bump(Counter::FlowCreateFailed),
+            }
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Userspace additions to the ABI types (feature `user`).
+
+extern crate std;
+
+use core::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::{ByteCount, CgroupStats, CidrInfo, ConnEvent, FAMILY_V4, FlowStats, LpmAddr, PeerKey, ScopeCounts};
+
+macro_rules! pod {
+    ($($t:ty),+) => {$(
+        // SAFETY: #[repr(C)], only integer fields and byte arrays, explicit
+        // padding fields, so every bit pattern is valid and there are no
+        // uninitialised bytes.
+        unsafe impl aya::Pod for $t {}
+    )+};
+}
+pod!(ByteCount, ScopeCounts, CgroupStats, PeerKey, FlowStats, LpmAddr, CidrInfo, ConnEvent);
+
+/// The address of a key or event, unmapping IPv4-mapped addresses.
+pub fn addr_of(family: u8, addr: [u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(addr);
+    if family == FAMILY_V4 {
+        IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(Ipv4Addr::UNSPECIFIED))
+    } else {
+        IpAddr::V6(v6)
+    }
+}
+
+/// Storage form of an address: IPv4 as IPv4-mapped, with its family tag.
+pub fn addr_to_key(ip: IpAddr) -> (u8, [u8; 16]) {
+    match ip {
+        IpAddr::V4(v4) => (FAMILY_V4, crate::v4_mapped(v4.octets())),
+        IpAddr::V6(v6) => (crate::FAMILY_V6, v6.octets()),
+    }
+}
+
+impl PeerKey {
+    pub fn ip(&self) -> IpAddr {
+        addr_of(self.family, self.addr)
+    }
+}
+
+impl ConnEvent {
+    pub fn ip(&self) -> IpAddr {
+        addr_of(self.family, self.addr)
+    }
+}
+
+/// Protocol name for display.
+pub fn proto_name(proto: u8) -> &'static str {
+    match proto {
+        1 => "icmp",
+        6 => "tcp",
+        17 => "udp",
+        58 => "icmpv6",
+        132 => "sctp",
+        0 => "-",
+        _ => "other",
+    }
+}
+
+impl fmt::Display for PeerKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.ip() {
+            IpAddr::V4(a) => write!(f, "{a}:{}/{}", self.port, proto_name(self.proto)),
+            IpAddr::V6(a) => write!(f, "[{a}]:{}/{}", self.port, proto_name(self.proto)),
+        }
+    }
+}
+
+impl core::ops::AddAssign for ByteCount {
+    fn add_assign(&mut self, o: Self) {
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+        self.packets = self.packets.wrapping_add(o.packets);
+    }
+}
+
+impl core::ops::AddAssign for ScopeCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.internal += o.internal;
+        self.external += o.external;
+    }
+}
+
+impl ScopeCounts {
+    pub fn total(&self) -> ByteCount {
+        let mut t = self.internal;
+        t += self.external;
+        t
+    }
+}
+
+impl core::ops::AddAssign for CgroupStats {
+    fn add_assign(&mut self, o: Self) {
+        self.egress += o.egress;
+        self.ingress += o.ingress;
+        self.connects = self.connects.wrapping_add(o.connects);
+        self.new_peers = self.new_peers.wrapping_add(o.new_peers);
+        self.malformed = self.malformed.wrapping_add(o.malformed);
+    }
+}

@@ -1,0 +1,280 @@
+//! Configuration: `/etc/tollgate/config.toml` by default. Every key is
+//! documented here and in the README; unknown keys are rejected; `validate`
+//! runs before anything touches the kernel. Command-line flags override the
+//! file (see main.rs).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tollgate/config.toml";
+/// Default Prometheus port of the agent.
+pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9771";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source} (pass --config PATH, or create the file; every key is optional)")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid config: {key} = {value}: {why}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        why: String,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub agent: AgentConfig,
+    pub network: NetworkConfig,
+    pub maps: MapConfig,
+}
+
+/// `[agent]`: how the agent runs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// How often the kernel maps are drained (e.g. "1s", "500ms").
+    /// Between 100ms and 60s.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Root of Tollgate's pins on bpffs; versioned subdirectories below it.
+    pub pin_dir: PathBuf,
+    /// State directory (baselines, queues, quarantine state).
+    pub state_dir: PathBuf,
+    /// Address of the Prometheus endpoint (and /healthz).
+    pub metrics_addr: SocketAddr,
+    /// Cgroup to attach the cgroup hooks to, relative to the cgroup v2
+    /// mount; "" (the default) is the root, which covers every pod.
+    pub attach_cgroup: PathBuf,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            tick: Duration::from_secs(1),
+            pin_dir: PathBuf::from("/sys/fs/bpf/tollgate"),
+            state_dir: PathBuf::from("/var/lib/tollgate"),
+            metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default"),
+            attach_cgroup: PathBuf::new(),
+        }
+    }
+}
+
+/// `[network]`: what counts as cluster-internal.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkConfig {
+    /// Destinations counted as internal (pod, service and node ranges).
+    /// Everything else is external. Loopback and link-local are always
+    /// internal.
+    pub internal_cidrs: Vec<IpNet>,
+    /// Carve-outs inside the internal ranges that count as external (a NAT
+    /// gateway or egress proxy inside the cluster range, say). The longest
+    /// prefix wins.
+    pub external_cidrs: Vec<IpNet>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        let nets = [
+            "10.0.0.0/8",
+            "172.16.0.0/12",
+            "192.168.0.0/16",
+            "100.64.0.0/10",
+            "fc00::/7",
+        ];
+        Self {
+            internal_cidrs: nets.iter().map(|n| n.parse().expect("valid default")).collect(),
+            external_cidrs: Vec::new(),
+        }
+    }
+}
+
+/// Ranges that are internal whatever the config says.
+pub const ALWAYS_INTERNAL: [&str; 4] = ["127.0.0.0/8", "169.254.0.0/16", "::1/128", "fe80::/10"];
+
+/// `[maps]`: kernel map sizes. Larger maps cost kernel memory (see the
+/// README's sizing table); full maps never lose counts (overflow buckets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MapConfig {
+    /// Cgroups with their own counters (pods x containers, plus system
+    /// cgroups). Further cgroups are counted in one overflow entry.
+    pub cgroup_stats_entries: u32,
+    /// Flows (cgroup, peer address, peer port, protocol); least recently
+    /// used flows are evicted and the evictions counted.
+    pub flow_entries: u32,
+    /// Remembered (cgroup, peer) pairs for connection events.
+    pub conn_seen_entries: u32,
+    /// Connection event ring buffer in bytes (power of two, >= 4096).
+    pub conn_events_bytes: u32,
+}
+
+impl Default for MapConfig {
+    fn default() -> Self {
+        use tollgate_ebpf::map::*;
+        Self {
+            cgroup_stats_entries: DEFAULT_CGROUP_STATS_ENTRIES,
+            flow_entries: DEFAULT_FLOW_ENTRIES,
+            conn_seen_entries: DEFAULT_CONN_SEEN_ENTRIES,
+            conn_events_bytes: DEFAULT_CONN_EVENTS_BYTES,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text (no validation).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Checks every value; the error names the key and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let tick = self.agent.tick;
+        if tick < Duration::from_millis(100) || tick > Duration::from_secs(60) {
+            return Err(ConfigError::Invalid {
+                key: "agent.tick",
+                value: humantime::format_duration(tick).to_string(),
+                why: "must be between 100ms and 60s".into(),
+            });
+        }
+        if !self.agent.pin_dir.is_absolute() {
+            return Err(ConfigError::Invalid {
+                key: "agent.pin_dir",
+                value: self.agent.pin_dir.display().to_string(),
+                why: "must be an absolute path on a bpf filesystem, e.g. /sys/fs/bpf/tollgate".into(),
+            });
+        }
+        if self.agent.attach_cgroup.is_absolute()
+            || self
+                .agent
+                .attach_cgroup
+                .components()
+                .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(ConfigError::Invalid {
+                key: "agent.attach_cgroup",
+                value: self.agent.attach_cgroup.display().to_string(),
+                why: "must be relative to the cgroup v2 mount, without '..' (\"\" for the root)".into(),
+            });
+        }
+        let m = &self.maps;
+        for (key, v, min, max) in [
+            ("maps.cgroup_stats_entries", m.cgroup_stats_entries, 16, 1 << 20),
+            ("maps.flow_entries", m.flow_entries, 64, 1 << 24),
+            ("maps.conn_seen_entries", m.conn_seen_entries, 64, 1 << 24),
+        ] {
+            if v < min || v > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: v.to_string(),
+                    why: format!("must be between {min} and {max}"),
+                });
+            }
+        }
+        let rb = m.conn_events_bytes;
+        if rb < 4096 || !rb.is_power_of_two() || rb > 1 << 30 {
+            return Err(ConfigError::Invalid {
+                key: "maps.conn_events_bytes",
+                value: rb.to_string(),
+                why: "must be a power of two between 4096 and 1073741824".into(),
+            });
+        }
+        let cidrs = self.network.internal_cidrs.len()
+            + self.network.external_cidrs.len()
+            + ALWAYS_INTERNAL.len();
+        if cidrs > tollgate_ebpf::map::DEFAULT_CIDR_ENTRIES as usize {
+            return Err(ConfigError::Invalid {
+                key: "network.internal_cidrs",
+                value: format!("{cidrs} entries"),
+                why: format!(
+                    "at most {} CIDRs in total: aggregate ranges",
+                    tollgate_ebpf::map::DEFAULT_CIDR_ENTRIES as usize - ALWAYS_INTERNAL.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Internal and external CIDRs as the kernel trie gets them:
+    /// (network, internal?).
+    pub fn cidr_table(&self) -> Vec<(IpNet, bool)> {
+        let mut v: Vec<(IpNet, bool)> = ALWAYS_INTERNAL
+            .iter()
+            .map(|n| (n.parse().expect("valid constant"), true))
+            .collect();
+        v.extend(self.network.internal_cidrs.iter().map(|n| (n.trunc(), true)));
+        v.extend(self.network.external_cidrs.iter().map(|n| (n.trunc(), false)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_validate_and_roundtrip() {
+        let c = Config::default();
+        c.validate().unwrap();
+        let text = toml::to_string(&c).unwrap();
+        assert_eq!(Config::parse(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = Config::parse("[agent]\ntick = \"1s\"\ntikc = 3\n").unwrap_err();
+        assert!(e.contains("tikc"), "{e}");
+        let e = Config::parse("[netwrok]\n").unwrap_err();
+        assert!(e.contains("netwrok"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let c = Config::parse("[agent]\ntick = \"10ms\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("agent.tick"), "{e}");
+        let c = Config::parse("[maps]\nconn_events_bytes = 5000\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("maps.conn_events_bytes"), "{e}");
+        let e = Config::parse("[network]\ninternal_cidrs = [\"10.0.0.0/33\"]\n").unwrap_err();
+        assert!(e.contains("internal_cidrs") || e.contains("invalid"), "{e}");
+        let c = Config::parse("[agent]\nattach_cgroup = \"../x\"\n").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("attach_cgroup"));
+    }
+
+    #[test]
+    fn cidr_table_truncates_host_bits() {
+        let c = Config::parse("[network]\ninternal_cidrs = [\"198.18.3.4/16\"]\nexternal_cidrs = [\"198.18.9.0/24\"]\n").unwrap();
+        let t = c.cidr_table();
+        assert!(t.contains(&("198.18.0.0/16".parse().unwrap(), true)));
+        assert!(t.contains(&("198.18.9.0/24".parse().unwrap(), false)));
+    }
+}

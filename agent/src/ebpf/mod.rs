@@ -1,0 +1,609 @@
+//! Loading, attaching and pinning the kernel programs, and typed access to
+//! their maps. The only module of the agent allowed to use `unsafe` (in
+//! `sys`, for the bpf(2) commands aya 0.14 does not wrap).
+//!
+//! Pin layout (`P` = `agent.pin_dir`, default /sys/fs/bpf/tollgate):
+//! - `P/v{ABI}/maps/<MAP>`: every map, reused on restart so counters
+//!   continue;
+//! - `P/v{ABI}/links/<program>`: the cgroup links. On restart the agent
+//!   swaps the new program into the pinned link (BPF_LINK_UPDATE): the hook
+//!   is never empty and never runs twice, so nothing is lost or counted
+//!   twice, and the kernel keeps counting while the agent is down.
+
+pub mod sys;
+
+use std::{
+    fs::File,
+    io,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{
+        HashMap, IterableMap as _, LpmTrie, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
+    },
+    programs::{
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, links::FdLink,
+    },
+};
+use ipnet::IpNet;
+use tollgate_ebpf::{
+    ABI_VERSION, CGROUP_OVERFLOW, COUNTER_SLOTS, CgroupStats, CidrInfo, ConnEvent, FlowStats,
+    LpmAddr, PeerKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, map, prog,
+};
+
+use crate::config::MapConfig;
+
+/// The compiled kernel object, embedded at build time by build.rs.
+pub static OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-ebpf"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error(
+        "{path} is not a bpf filesystem and mounting one there failed: {source}. Mount it (`mount -t bpf bpf /sys/fs/bpf`) or run the agent with CAP_SYS_ADMIN"
+    )]
+    Bpffs { path: PathBuf, source: io::Error },
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error(
+        "loading the Tollgate eBPF object failed: {0}. Run `tollgate check` to see which kernel feature is missing"
+    )]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error(
+        "pinned map {path} is a {found}, this agent expects a {expected}: it was left by an incompatible build. Remove {dir} (counters restart from zero) and start again"
+    )]
+    PinMismatch {
+        path: PathBuf,
+        dir: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("program {name} missing from the eBPF object (build mismatch)")]
+    MissingProgram { name: &'static str },
+    #[error("map {name} missing from the eBPF object (build mismatch)")]
+    MissingMap { name: &'static str },
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+    #[error("pinning link {path}: {source}")]
+    PinLink {
+        path: PathBuf,
+        #[source]
+        source: Box<aya::pin::PinError>,
+    },
+}
+
+/// `BPF_NOEXIST` map update flag.
+const BPF_NOEXIST: u64 = 1;
+
+fn link_err(name: &'static str, e: aya::programs::links::LinkError) -> DataplaneError {
+    DataplaneError::Io {
+        what: "converting link of",
+        path: PathBuf::from(name),
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |source| DataplaneError::Map {
+        name,
+        source: Box::new(source),
+    }
+}
+
+fn prog_err(name: &'static str) -> impl FnOnce(aya::programs::ProgramError) -> DataplaneError {
+    move |source| DataplaneError::Program {
+        name,
+        source: Box::new(source),
+    }
+}
+
+/// Where the pins of this ABI version live.
+#[derive(Debug, Clone)]
+pub struct PinDir {
+    pub root: PathBuf,
+}
+
+impl PinDir {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+    pub fn versioned(&self) -> PathBuf {
+        self.root.join(format!("v{ABI_VERSION}"))
+    }
+    pub fn maps(&self) -> PathBuf {
+        self.versioned().join("maps")
+    }
+    pub fn links(&self) -> PathBuf {
+        self.versioned().join("links")
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps().join(name)
+    }
+}
+
+/// Which hook a program goes to.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    Skb(CgroupSkbAttachType),
+    SockAddr,
+}
+
+/// Every cgroup program, in attach order.
+const PROGRAMS: [(&str, Hook); 6] = [
+    (prog::SKB_EGRESS, Hook::Skb(CgroupSkbAttachType::Egress)),
+    (prog::SKB_INGRESS, Hook::Skb(CgroupSkbAttachType::Ingress)),
+    (prog::CONNECT4, Hook::SockAddr),
+    (prog::CONNECT6, Hook::SockAddr),
+    (prog::SENDMSG4, Hook::SockAddr),
+    (prog::SENDMSG6, Hook::SockAddr),
+];
+
+/// Expected (type, key size, value size) of each map, to refuse pins left
+/// by an incompatible build before the kernel is handed them.
+fn expected_layout(name: &str) -> Option<(MapType, u32, u32)> {
+    use std::mem::size_of;
+    Some(match name {
+        map::CGROUP_STATS => (MapType::PerCpuHash, 8, size_of::<CgroupStats>() as u32),
+        map::FLOWS => (
+            MapType::LruHash,
+            size_of::<PeerKey>() as u32,
+            size_of::<FlowStats>() as u32,
+        ),
+        map::CIDRS => (
+            MapType::LpmTrie,
+            4 + size_of::<LpmAddr>() as u32,
+            size_of::<CidrInfo>() as u32,
+        ),
+        map::CONN_SEEN => (MapType::LruHash, size_of::<PeerKey>() as u32, 8),
+        map::CONN_EVENTS => (MapType::RingBuf, 0, 0),
+        map::COUNTERS => (MapType::PerCpuArray, 4, 8),
+        _ => return None,
+    })
+}
+
+/// Makes sure `dir`'s filesystem is bpffs, mounting one at /sys/fs/bpf if
+/// nothing is mounted there (some hosts do not mount it).
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let mount_point = Path::new("/sys/fs/bpf");
+    // Walk up to the closest existing ancestor to ask its filesystem.
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            break;
+        }
+    }
+    let on_bpffs = sys::is_bpffs(&probe).map_err(|source| DataplaneError::Io {
+        what: "statfs",
+        path: probe.clone(),
+        source,
+    })?;
+    if on_bpffs {
+        return Ok(());
+    }
+    if dir.starts_with(mount_point) && !sys::is_bpffs(mount_point).unwrap_or(false) {
+        tracing::info!(path = %mount_point.display(), "bpffs not mounted; mounting it");
+        sys::mount_bpffs(mount_point).map_err(|source| DataplaneError::Bpffs {
+            path: mount_point.to_path_buf(),
+            source,
+        })?;
+        return Ok(());
+    }
+    Err(DataplaneError::Bpffs {
+        path: dir.to_path_buf(),
+        source: io::Error::other("not on a bpf filesystem"),
+    })
+}
+
+fn mkdir(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).map_err(|source| DataplaneError::Io {
+        what: "creating directory",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Refuses pinned maps whose layout differs from this build's.
+fn check_pins(pins: &PinDir) -> Result<()> {
+    for name in map::ALL {
+        let path = pins.map(name);
+        if !path.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&path).map_err(map_err(map_name(name)))?;
+        let (ty, k, v) = expected_layout(name).expect("every map has a layout");
+        let found_ty = info.map_type().map_err(map_err(map_name(name)))?;
+        let (fk, fv) = if ty == MapType::RingBuf {
+            (0, 0)
+        } else {
+            (info.key_size(), info.value_size())
+        };
+        if found_ty != ty || fk != k || fv != v {
+            return Err(DataplaneError::PinMismatch {
+                path,
+                dir: pins.versioned(),
+                found: format!("{found_ty:?} key {fk} value {fv}"),
+                expected: format!("{ty:?} key {k} value {v}"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Static name for error messages.
+fn map_name(name: &str) -> &'static str {
+    map::ALL.into_iter().find(|n| *n == name).unwrap_or("unknown map")
+}
+
+/// Options for [`Dataplane::load`].
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub pins: PinDir,
+    pub maps: MapConfig,
+    /// (network, internal?) pairs for the scope trie.
+    pub cidrs: Vec<(IpNet, bool)>,
+}
+
+/// The loaded programs and their maps.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pub pins: PinDir,
+}
+
+impl Dataplane {
+    /// Loads the object, creating or reusing the pinned maps, seeds the
+    /// overflow slot and the CIDR trie. Nothing is attached yet.
+    pub fn load(opts: &LoadOptions) -> Result<Self> {
+        ensure_bpffs(&opts.pins.root)?;
+        mkdir(&opts.pins.maps())?;
+        mkdir(&opts.pins.links())?;
+        check_pins(&opts.pins)?;
+        let maps_dir = opts.pins.maps();
+        let mut loader = EbpfLoader::new();
+        loader
+            .default_map_pin_directory(&maps_dir)
+            .map_max_entries(map::CGROUP_STATS, opts.maps.cgroup_stats_entries)
+            .map_max_entries(map::FLOWS, opts.maps.flow_entries)
+            .map_max_entries(map::CONN_SEEN, opts.maps.conn_seen_entries)
+            .map_max_entries(map::CONN_EVENTS, opts.maps.conn_events_bytes);
+        let ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        let mut dp = Self {
+            ebpf,
+            pins: opts.pins.clone(),
+        };
+        dp.seed_overflow()?;
+        dp.set_cidrs(&opts.cidrs)?;
+        for (name, hook) in PROGRAMS {
+            dp.load_program(name, hook)?;
+        }
+        Ok(dp)
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { name })
+    }
+
+    /// The overflow slot must exist before any program runs: when the map
+    /// is full, the kernel cannot create it.
+    fn seed_overflow(&mut self) -> Result<()> {
+        let ncpu = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
+            what: "reading possible CPUs",
+            path: PathBuf::from(what),
+            source,
+        })?;
+        let mut m: PerCpuHashMap<_, u64, CgroupStats> =
+            PerCpuHashMap::try_from(self.map_mut(map::CGROUP_STATS)?)
+                .map_err(map_err(map::CGROUP_STATS))?;
+        if m.get(&CGROUP_OVERFLOW, 0).is_ok() {
+            return Ok(());
+        }
+        let zero = PerCpuValues::try_from(vec![CgroupStats::default(); ncpu])
+            .map_err(|source| DataplaneError::Io {
+                what: "per-CPU values",
+                path: PathBuf::new(),
+                source,
+            })?;
+        m.insert(CGROUP_OVERFLOW, zero, BPF_NOEXIST)
+            .map_err(map_err(map::CGROUP_STATS))
+    }
+
+    /// Replaces the scope trie's contents with `cidrs`.
+    pub fn set_cidrs(&mut self, cidrs: &[(IpNet, bool)]) -> Result<()> {
+        let mut trie: LpmTrie<_, LpmAddr, CidrInfo> =
+            LpmTrie::try_from(self.map_mut(map::CIDRS)?).map_err(map_err(map::CIDRS))?;
+        let wanted: Vec<(Key<LpmAddr>, CidrInfo)> = cidrs
+            .iter()
+            .map(|(net, internal)| {
+                let scope = if *internal { SCOPE_INTERNAL } else { SCOPE_EXTERNAL };
+                (lpm_key(net), CidrInfo { scope, _pad: 0 })
+            })
+            .collect();
+        let stale: Vec<Key<LpmAddr>> = trie
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| {
+                !wanted.iter().any(|(w, _)| {
+                    w.prefix_len() == k.prefix_len() && w.data().addr == k.data().addr
+                })
+            })
+            .collect();
+        for (k, v) in &wanted {
+            trie.insert(k, *v, 0).map_err(map_err(map::CIDRS))?;
+        }
+        for k in stale {
+            trie.remove(&k).map_err(map_err(map::CIDRS))?;
+        }
+        Ok(())
+    }
+
+    fn load_program(&mut self, name: &'static str, hook: Hook) -> Result<()> {
+        let p = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram { name })?;
+        match hook {
+            Hook::Skb(_) => {
+                let p: &mut CgroupSkb = p.try_into().map_err(prog_err(name))?;
+                p.load().map_err(prog_err(name))
+            }
+            Hook::SockAddr => {
+                let p: &mut CgroupSockAddr = p.try_into().map_err(prog_err(name))?;
+                p.load().map_err(prog_err(name))
+            }
+        }
+    }
+
+    /// Attaches every program to `cgroup` (normally the cgroup v2 root).
+    /// Where a link is already pinned, the new program is swapped into it.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
+        let cg = File::open(cgroup).map_err(|source| DataplaneError::Io {
+            what: "opening cgroup",
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        for (name, hook) in PROGRAMS {
+            let link_pin = self.pins.links().join(name);
+            let program = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram { name })?;
+            if link_pin.exists() {
+                match replace_in_link(&link_pin, program) {
+                    Ok(()) => {
+                        tracing::info!(program = name, link = %link_pin.display(), "updated pinned link");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(program = name, link = %link_pin.display(), error = %e, "pinned link unusable; attaching afresh");
+                        let _ = std::fs::remove_file(&link_pin);
+                    }
+                }
+            }
+            let fd_link: FdLink = match hook {
+                Hook::Skb(kind) => {
+                    let p: &mut CgroupSkb = program.try_into().map_err(prog_err(name))?;
+                    let id = p
+                        .attach(&cg, kind, CgroupAttachMode::Single)
+                        .map_err(prog_err(name))?;
+                    let link = p.take_link(id).map_err(prog_err(name))?;
+                    link.try_into().map_err(|e: aya::programs::links::LinkError| {
+                        link_err(name, e)
+                    })?
+                }
+                Hook::SockAddr => {
+                    let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err(name))?;
+                    let id = p
+                        .attach(&cg, CgroupAttachMode::Single)
+                        .map_err(prog_err(name))?;
+                    let link = p.take_link(id).map_err(prog_err(name))?;
+                    link.try_into().map_err(|e: aya::programs::links::LinkError| {
+                        link_err(name, e)
+                    })?
+                }
+            };
+            fd_link.pin(&link_pin).map_err(|source| DataplaneError::PinLink {
+                path: link_pin.clone(),
+                source: Box::new(source),
+            })?;
+            tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
+        }
+        Ok(())
+    }
+
+    /// The cgroup_skb egress or ingress program, for BPF_PROG_TEST_RUN.
+    pub fn skb_program(&self, egress: bool) -> Result<&CgroupSkb> {
+        let name = if egress { prog::SKB_EGRESS } else { prog::SKB_INGRESS };
+        let p = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram { name })?;
+        p.try_into().map_err(prog_err(name))
+    }
+}
+
+/// Swaps `program` into the link pinned at `pin`.
+fn replace_in_link(pin: &Path, program: &mut Program) -> io::Result<()> {
+    let link = sys::obj_get(pin)?;
+    let fd = program
+        .fd()
+        .map_err(|e| io::Error::other(e.to_string()))?;
+    sys::link_update(link.as_fd(), fd.as_fd())
+}
+
+/// Removes every pin under `pins` (links first, which detaches the
+/// programs once no process holds them). Used by `tollgate detach` and by
+/// tests' guards.
+pub fn remove_pins(pins: &PinDir) -> io::Result<()> {
+    match std::fs::remove_dir_all(pins.versioned()) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    // Remove the root too if nothing else (another ABI version) is in it.
+    let _ = std::fs::remove_dir(&pins.root);
+    Ok(())
+}
+
+/// LPM trie key of a network (IPv4 as IPv4-mapped, prefix + 96).
+pub fn lpm_key(net: &IpNet) -> Key<LpmAddr> {
+    match net {
+        IpNet::V4(n) => Key::new(
+            96 + u32::from(n.prefix_len()),
+            LpmAddr {
+                addr: tollgate_ebpf::v4_mapped(n.network().octets()),
+            },
+        ),
+        IpNet::V6(n) => Key::new(
+            u32::from(n.prefix_len()),
+            LpmAddr {
+                addr: n.network().octets(),
+            },
+        ),
+    }
+}
+
+/// Maps opened from their pins, for readers (collector, `tollgate top`).
+pub struct PinnedMaps {
+    pub cgroup_stats: PerCpuHashMap<MapData, u64, CgroupStats>,
+    pub flows: HashMap<MapData, PeerKey, FlowStats>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub conn_events: aya::maps::RingBuf<MapData>,
+    pub ncpu: usize,
+}
+
+impl PinnedMaps {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        use aya::maps::Map;
+        let open = |name: &'static str| -> Result<MapData> {
+            let path = pins.map(name);
+            if !path.exists() {
+                return Err(DataplaneError::Io {
+                    what: "no pinned map (start the agent: `tollgate run`)",
+                    path,
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                });
+            }
+            MapData::from_pin(&path).map_err(map_err(name))
+        };
+        check_pins(pins)?;
+        let ncpu = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
+            what: "reading possible CPUs",
+            path: PathBuf::from(what),
+            source,
+        })?;
+        Ok(Self {
+            cgroup_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(map::CGROUP_STATS)?))
+                .map_err(map_err(map::CGROUP_STATS))?,
+            flows: HashMap::try_from(Map::LruHashMap(open(map::FLOWS)?))
+                .map_err(map_err(map::FLOWS))?,
+            counters: PerCpuArray::try_from(Map::PerCpuArray(open(map::COUNTERS)?))
+                .map_err(map_err(map::COUNTERS))?,
+            conn_events: aya::maps::RingBuf::try_from(Map::RingBuf(open(map::CONN_EVENTS)?))
+                .map_err(map_err(map::CONN_EVENTS))?,
+            ncpu,
+        })
+    }
+
+    /// All cgroup counters, summed over CPUs, by batch lookup.
+    pub fn cgroup_stats_batch(&self) -> io::Result<Vec<(u64, CgroupStats)>> {
+        let rows = sys::lookup_batch::<u64, CgroupStats>(
+            self.cgroup_stats.map().fd().as_fd(),
+            sys::Values::PerCpu(self.ncpu),
+            BATCH,
+        )?;
+        Ok(rows.into_iter().map(|(k, v)| (k, sum(&v))).collect())
+    }
+
+    /// The same by per-key iteration (fallback for kernels without batch
+    /// operations, and the benchmark's baseline).
+    pub fn cgroup_stats_per_key(&self) -> io::Result<Vec<(u64, CgroupStats)>> {
+        self.cgroup_stats
+            .iter()
+            .map(|r| {
+                r.map(|(k, v)| (k, sum(&v)))
+                    .map_err(|e| io::Error::other(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// All flows by batch lookup.
+    pub fn flows_batch(&self) -> io::Result<Vec<(PeerKey, FlowStats)>> {
+        let rows = sys::lookup_batch::<PeerKey, FlowStats>(
+            self.flows.map().fd().as_fd(),
+            sys::Values::Single,
+            BATCH,
+        )?;
+        Ok(rows
+            .into_iter()
+            .map(|(k, mut v)| (k, v.pop().unwrap_or_default()))
+            .collect())
+    }
+
+    /// All flows by per-key iteration.
+    pub fn flows_per_key(&self) -> io::Result<Vec<(PeerKey, FlowStats)>> {
+        self.flows
+            .iter()
+            .map(|r| r.map_err(|e| io::Error::other(e.to_string())))
+            .collect()
+    }
+
+    /// Kernel health counters, summed over CPUs, by slot.
+    pub fn counters(&self) -> io::Result<[u64; COUNTER_SLOTS as usize]> {
+        let mut out = [0u64; COUNTER_SLOTS as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            let v = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            *slot = v.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Drains up to `max` pending connection events.
+    pub fn drain_events(&mut self, max: usize) -> Vec<ConnEvent> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = self.conn_events.next() else {
+                break;
+            };
+            if let Some(e) = sys::read_pod::<ConnEvent>(&item) {
+                out.push(e);
+            }
+        }
+        out
+    }
+}
+
+const BATCH: u32 = 512;
+
+fn sum(v: &[CgroupStats]) -> CgroupStats {
+    let mut t = CgroupStats::default();
+    for s in v {
+        t += *s;
+    }
+    t
+}

@@ -1,0 +1,224 @@
+//! Raw bpf(2) and mount calls that aya 0.14 does not wrap: batch map
+//! lookups (BPF_MAP_LOOKUP_BATCH, Linux 5.6), link updates
+//! (BPF_LINK_UPDATE, Linux 5.7) and the bpffs mount.
+
+use std::{
+    ffi::CString,
+    io,
+    mem::size_of,
+    os::fd::{AsRawFd, BorrowedFd},
+    path::Path,
+};
+
+use aya::Pod;
+
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+/// statfs f_type of a bpf filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// `union bpf_attr` as used by the batch commands.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// `union bpf_attr` as used by BPF_LINK_UPDATE.
+#[repr(C)]
+#[derive(Default)]
+struct LinkUpdateAttr {
+    link_fd: u32,
+    new_prog_fd: u32,
+    flags: u32,
+    old_prog_fd: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, initialised #[repr(C)] prefix of union
+    // bpf_attr for `cmd`; the kernel reads and writes at most size_of::<T>()
+    // bytes of it, and any pointers inside it point to buffers the caller
+    // keeps alive for the duration of the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            size_of::<T>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// Per-entry value layout of a map read in bulk.
+#[derive(Clone, Copy, Debug)]
+pub enum Values {
+    /// One value per entry.
+    Single,
+    /// One value per possible CPU, each padded to 8 bytes (per-CPU maps).
+    PerCpu(usize),
+}
+
+/// Reads every entry of a hash-type map with BPF_MAP_LOOKUP_BATCH, `batch`
+/// entries per syscall (grown automatically when a hash bucket holds more).
+/// Values of per-CPU maps come back as one `V` per CPU.
+pub fn lookup_batch<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    values: Values,
+    batch: u32,
+) -> io::Result<Vec<(K, Vec<V>)>> {
+    let ncpu = match values {
+        Values::Single => 1,
+        Values::PerCpu(n) => n,
+    };
+    let stride = match values {
+        Values::Single => size_of::<V>(),
+        Values::PerCpu(_) => size_of::<V>().next_multiple_of(8),
+    };
+    let mut batch = batch.max(1);
+    let mut out = Vec::new();
+    // The batch cursor is opaque; for hash maps it is a bucket index, but
+    // the kernel documents it as key-sized, so give it room for both.
+    let tok_len = size_of::<K>().max(8);
+    let mut in_tok = vec![0u8; tok_len];
+    let mut out_tok = vec![0u8; tok_len];
+    let mut first = true;
+    loop {
+        let mut keys = vec![0u8; size_of::<K>() * batch as usize];
+        let mut vals = vec![0u8; stride * ncpu * batch as usize];
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { in_tok.as_mut_ptr() as u64 },
+            out_batch: out_tok.as_mut_ptr() as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: vals.as_mut_ptr() as u64,
+            count: batch,
+            map_fd: fd.as_raw_fd() as u32,
+            ..Default::default()
+        };
+        let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let done = match res {
+            Ok(_) => false,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && attr.count == 0 => {
+                // A bucket holds more entries than `batch`: retry larger.
+                batch = batch.saturating_mul(2);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        for i in 0..attr.count as usize {
+            let key = read::<K>(&keys[i * size_of::<K>()..]);
+            let base = i * stride * ncpu;
+            let v = (0..ncpu)
+                .map(|c| read::<V>(&vals[base + c * stride..]))
+                .collect();
+            out.push((key, v));
+        }
+        if done {
+            return Ok(out);
+        }
+        std::mem::swap(&mut in_tok, &mut out_tok);
+        first = false;
+    }
+}
+
+/// Copies a `T` out of the front of `bytes`, if it is long enough.
+pub fn read_pod<T: Pod>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= size_of::<T>()).then(|| read::<T>(bytes))
+}
+
+/// Copies a `T` out of the front of `bytes`.
+fn read<T: Pod>(bytes: &[u8]) -> T {
+    assert!(bytes.len() >= size_of::<T>(), "short buffer for {}", std::any::type_name::<T>());
+    // SAFETY: the slice holds at least size_of::<T>() bytes (checked above)
+    // and T: Pod accepts any bit pattern; read_unaligned has no alignment
+    // requirement.
+    unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) }
+}
+
+/// Atomically replaces the program behind a bpf_link (BPF_LINK_UPDATE):
+/// no window without the program and none with both attached.
+pub fn link_update(link: BorrowedFd<'_>, new_prog: BorrowedFd<'_>) -> io::Result<()> {
+    let mut attr = LinkUpdateAttr {
+        link_fd: link.as_raw_fd() as u32,
+        new_prog_fd: new_prog.as_raw_fd() as u32,
+        ..Default::default()
+    };
+    bpf(BPF_LINK_UPDATE, &mut attr).map(|_| ())
+}
+
+/// Whether `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> io::Result<bool> {
+    let c = cstring(path)?;
+    // SAFETY: statfs is plain data; zeroed is a valid initial value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid out-pointer.
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Mounts a bpf filesystem at `path`.
+pub fn mount_bpffs(path: &Path) -> io::Result<()> {
+    let target = cstring(path)?;
+    let src = CString::new("bpf").expect("no NUL");
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call;
+    // no mount data is passed.
+    let r = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            target.as_ptr(),
+            src.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    use std::os::unix::ffi::OsStrExt as _;
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+
+/// `union bpf_attr` as used by BPF_OBJ_GET.
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Opens a pinned bpf object (map, program or link) by path.
+pub fn obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd as _;
+    let c = cstring(path)?;
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        ..Default::default()
+    };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: on success BPF_OBJ_GET returns a new file descriptor that
+    // nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
