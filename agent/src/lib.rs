@@ -1,6 +1,12 @@
-//! Tollgate agent library.
+//! Tollgate agent library: everything but the CLI wiring in main.rs.
 #![deny(unsafe_code)]
 
+pub mod api;
+pub mod cgroupfs;
+pub mod check;
+pub mod collect;
+pub mod config;
 #[allow(unsafe_code)]
 pub mod ebpf;
-pub mod config;
+pub mod run;
+pub mod top;

@@ -1,10 +1,206 @@
-use tollgate::{config::Config, ebpf::*};
-fn main() {
-    tracing_subscriber::fmt().init();
-    let cfg = Config::default();
-    let opts = LoadOptions { pins: PinDir::new("/sys/fs/bpf/tg-scratch"), maps: cfg.maps.clone(), cidrs: cfg.cidr_table() };
-    match Dataplane::load(&opts) {
-        Ok(mut dp) => { println!("loaded"); if std::env::args().nth(1).as_deref()==Some("attach") { dp.attach(std::path::Path::new("/sys/fs/cgroup/unified")).unwrap(); println!("attached"); } }
-        Err(e) => { eprintln!("{e}"); let mut s: &dyn std::error::Error = &e; while let Some(x)=s.source(){ eprintln!("  caused by: {x:?}"); s=x;} }
+//! `tollgate`: wiring only. Subsystems live in the library.
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tollgate::{api, check, config::Config, ebpf::PinDir, run, top};
+
+/// Exit code for bad configuration (EX_CONFIG is 78; DESIGN.md asks for 64,
+/// EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+/// Exit code when the kernel lacks a required feature (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "Per-pod network accounting, baselines and quarantine for Kubernetes nodes")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Flags shared by commands that read the config.
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Config file (TOML). Missing is fine when it is the default path.
+    #[arg(long, env = "TOLLGATE_CONFIG", default_value = tollgate::config::DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    /// Root of the pins on bpffs (overrides agent.pin_dir).
+    #[arg(long)]
+    pin_dir: Option<PathBuf>,
+    /// Local API socket (default /run/tollgate/<pin dir name>.sock).
+    #[arg(long)]
+    socket: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the agent: load, attach, collect, serve.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Prometheus listen address (overrides agent.metrics_addr).
+        #[arg(long)]
+        metrics_addr: Option<std::net::SocketAddr>,
+        /// Collection interval, e.g. 1s (overrides agent.tick).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        tick: Option<Duration>,
+        /// Internal CIDR (repeatable; replaces network.internal_cidrs).
+        #[arg(long = "internal-cidr")]
+        internal_cidrs: Vec<ipnet::IpNet>,
+    },
+    /// Probe the kernel for what Tollgate needs and can use.
+    Check {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Live view of cgroups sorted by egress rate.
+    Top {
+        #[command(flatten)]
+        common: Common,
+        /// Print one snapshot and exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+        /// Refresh interval of the live view.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+    },
+    /// Remove Tollgate's pins: detaches the programs (counters are lost).
+    Detach {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
+}
+
+fn load_config(c: &Common) -> Result<Config, ExitCode> {
+    let mut cfg = if c.config.exists() || c.config.as_os_str() != tollgate::config::DEFAULT_CONFIG_PATH {
+        Config::load(&c.config).map_err(|e| {
+            eprintln!("tollgate: {e}");
+            ExitCode::from(EXIT_CONFIG)
+        })?
+    } else {
+        Config::default()
+    };
+    if let Some(p) = &c.pin_dir {
+        cfg.agent.pin_dir = p.clone();
     }
+    Ok(cfg)
+}
+
+fn socket(c: &Common, cfg: &Config) -> PathBuf {
+    c.socket.clone().unwrap_or_else(|| api::default_socket(&cfg.agent.pin_dir))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.cmd {
+        Cmd::Run { common, metrics_addr, tick, internal_cidrs } => {
+            let mut cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if let Some(a) = metrics_addr {
+                cfg.agent.metrics_addr = a;
+            }
+            if let Some(t) = tick {
+                cfg.agent.tick = t;
+            }
+            if !internal_cidrs.is_empty() {
+                cfg.network.internal_cidrs = internal_cidrs;
+            }
+            if let Err(e) = cfg.validate() {
+                eprintln!("tollgate: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+            let opts = run::RunOptions { socket: socket(&common, &cfg) };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tollgate: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(run::run(cfg, opts)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tollgate: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Check { json } => {
+            if check::print(&check::probe_all(), json) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(EXIT_UNAVAILABLE)
+            }
+        }
+        Cmd::Top { common, once, format, interval } => {
+            let cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let opts = top::TopOptions {
+                socket: socket(&common, &cfg),
+                pins: PinDir::new(&cfg.agent.pin_dir),
+                once,
+                json: format == Format::Json,
+                interval,
+            };
+            match top::run(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tollgate: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Detach { common } => {
+            let cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let pins = PinDir::new(&cfg.agent.pin_dir);
+            match tollgate::ebpf::remove_pins(&pins) {
+                Ok(()) => {
+                    eprintln!("removed {}", pins.versioned().display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate: removing {}: {e}", pins.versioned().display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// An error with its causes, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

@@ -222,3 +222,37 @@ pub fn obj_get(path: &Path) -> io::Result<std::os::fd::OwnedFd> {
     // nothing else owns.
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
+
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
+/// `union bpf_attr` prefix as used by BPF_MAP_CREATE.
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+}
+
+/// Whether BPF_MAP_LOOKUP_BATCH works on hash maps (Linux 5.6): creates a
+/// tiny hash map and reads it in bulk.
+pub fn probe_batch() -> bool {
+    use std::os::fd::{AsFd as _, FromRawFd as _, OwnedFd};
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size: 4,
+        value_size: 4,
+        max_entries: 1,
+        ..Default::default()
+    };
+    let Ok(fd) = bpf(BPF_MAP_CREATE, &mut attr) else {
+        return false;
+    };
+    // SAFETY: BPF_MAP_CREATE returned a new descriptor that nothing else
+    // owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    lookup_batch::<u32, u32>(fd.as_fd(), Values::Single, 1).is_ok()
+}

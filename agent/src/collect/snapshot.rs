@@ -1,0 +1,143 @@
+//! What one collection pass produces: the data behind `tollgate top`, its
+//! JSON output and the agent's /v1/snapshot endpoint.
+
+use std::{collections::BTreeMap, time::SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tollgate_ebpf::{ByteCount, CONN_KIND_CONNECT, CgroupStats, ConnEvent, ScopeCounts, proto_name};
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Counts {
+    pub bytes: u64,
+    pub packets: u64,
+}
+
+impl From<&ByteCount> for Counts {
+    fn from(c: &ByteCount) -> Self {
+        Self {
+            bytes: c.bytes,
+            packets: c.packets,
+        }
+    }
+}
+
+/// Cumulative counters of one direction, by scope.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirCounts {
+    pub internal: Counts,
+    pub external: Counts,
+}
+
+impl From<&ScopeCounts> for DirCounts {
+    fn from(s: &ScopeCounts) -> Self {
+        Self {
+            internal: Counts::from(&s.internal),
+            external: Counts::from(&s.external),
+        }
+    }
+}
+
+impl DirCounts {
+    pub fn total_bytes(&self) -> u64 {
+        self.internal.bytes + self.external.bytes
+    }
+}
+
+/// Per-second rates since the previous pass.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Rates {
+    pub egress_internal_bytes: f64,
+    pub egress_external_bytes: f64,
+    pub ingress_bytes: f64,
+    pub connects: f64,
+}
+
+impl Rates {
+    pub fn between(prev: &CgroupStats, cur: &CgroupStats, dt: f64) -> Self {
+        let d = |a: u64, b: u64| b.saturating_sub(a) as f64 / dt;
+        Self {
+            egress_internal_bytes: d(prev.egress.internal.bytes, cur.egress.internal.bytes),
+            egress_external_bytes: d(prev.egress.external.bytes, cur.egress.external.bytes),
+            ingress_bytes: d(
+                prev.ingress.internal.bytes + prev.ingress.external.bytes,
+                cur.ingress.internal.bytes + cur.ingress.external.bytes,
+            ),
+            connects: d(prev.connects, cur.connects),
+        }
+    }
+
+    pub fn egress_bytes_per_s(&self) -> f64 {
+        self.egress_internal_bytes + self.egress_external_bytes
+    }
+}
+
+/// One remote peer of a cgroup (from the flow table).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Destination {
+    pub addr: String,
+    pub port: u16,
+    pub proto: String,
+    pub tx_bytes: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub rx_packets: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CgroupRow {
+    pub cgroup_id: u64,
+    /// Path relative to the cgroup v2 mount; None once the cgroup is gone.
+    pub path: Option<String>,
+    pub egress: DirCounts,
+    pub ingress: DirCounts,
+    pub connects: u64,
+    pub new_peers: u64,
+    pub malformed: u64,
+    pub rates: Rates,
+    pub destinations: Vec<Destination>,
+}
+
+/// A decoded connection event.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventRow {
+    pub cgroup_id: u64,
+    pub addr: String,
+    pub port: u16,
+    pub proto: String,
+    /// "connect" or "sendmsg".
+    pub kind: String,
+    /// Kernel CLOCK_MONOTONIC_COARSE nanoseconds.
+    pub ts_ns: u64,
+}
+
+impl From<&ConnEvent> for EventRow {
+    fn from(e: &ConnEvent) -> Self {
+        Self {
+            cgroup_id: e.cgroup_id,
+            addr: e.ip().to_string(),
+            port: e.port,
+            proto: proto_name(e.proto).to_owned(),
+            kind: if e.kind == CONN_KIND_CONNECT {
+                "connect"
+            } else {
+                "sendmsg"
+            }
+            .to_owned(),
+            ts_ns: e.ts_ns,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Snapshot {
+    #[serde(with = "humantime_serde")]
+    pub taken_at: SystemTime,
+    /// "batch" or "perkey".
+    pub drain_mode: String,
+    /// Sorted by egress rate, then cumulative egress bytes.
+    pub cgroups: Vec<CgroupRow>,
+    /// Most recent connection events, oldest first.
+    pub events: Vec<EventRow>,
+    /// Kernel health counters by name.
+    pub counters: BTreeMap<String, u64>,
+}

@@ -1,0 +1,197 @@
+//! `tollgate top`: cgroups sorted by egress rate. Reads the running agent's
+//! snapshot over its local socket; without an agent it reads the pinned
+//! maps itself (rates from its own passes, no connection events, which
+//! the agent consumes).
+
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use crossterm::{
+    cursor, event, execute,
+    terminal::{self, ClearType},
+};
+
+use crate::{
+    api,
+    cgroupfs,
+    collect::{CgroupRow, Collector, Snapshot},
+    ebpf::PinDir,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopError {
+    #[error(
+        "no agent answers at {socket} ({agent}) and the pinned maps cannot be read ({pins}): start the agent with `tollgate run`"
+    )]
+    NoSource {
+        socket: PathBuf,
+        agent: String,
+        pins: String,
+    },
+    #[error("terminal: {0}")]
+    Terminal(#[from] std::io::Error),
+}
+
+/// Where snapshots come from.
+enum Source {
+    Agent(PathBuf),
+    Pins(Box<Collector>),
+}
+
+impl Source {
+    fn open(socket: &Path, pins: &PinDir) -> Result<Self, TopError> {
+        let agent_err = match api::fetch_snapshot(socket) {
+            Ok(_) => return Ok(Self::Agent(socket.to_owned())),
+            Err(e) => e.to_string(),
+        };
+        let pins_err = match cgroupfs::cgroup2_mount()
+            .map_err(|e| e.to_string())
+            .and_then(|m| Collector::open(pins, m).map_err(|e| e.to_string()))
+        {
+            Ok(c) => return Ok(Self::Pins(Box::new(c))),
+            Err(e) => e,
+        };
+        Err(TopError::NoSource {
+            socket: socket.to_owned(),
+            agent: agent_err,
+            pins: pins_err,
+        })
+    }
+
+    fn next(&mut self) -> Result<Snapshot, String> {
+        match self {
+            Self::Agent(s) => api::fetch_snapshot(s).map_err(|e| e.to_string()),
+            Self::Pins(c) => c.tick().map_err(|e| e.to_string()),
+        }
+    }
+}
+
+pub struct TopOptions {
+    pub socket: PathBuf,
+    pub pins: PinDir,
+    pub once: bool,
+    pub json: bool,
+    pub interval: Duration,
+}
+
+pub fn run(opts: &TopOptions) -> Result<(), TopError> {
+    let mut src = Source::open(&opts.socket, &opts.pins)?;
+    if opts.once {
+        if let Source::Pins(c) = &mut src {
+            // Two passes a moment apart give rates.
+            let _ = c.tick();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let snap = src.next().map_err(std::io::Error::other)?;
+        if opts.json {
+            println!("{}", serde_json::to_string_pretty(&snap).map_err(std::io::Error::other)?);
+        } else {
+            print!("{}", render(&snap, usize::MAX, 200));
+        }
+        return Ok(());
+    }
+    live(&mut src, opts.interval)
+}
+
+fn live(src: &mut Source, interval: Duration) -> Result<(), TopError> {
+    let mut out = std::io::stdout();
+    terminal::enable_raw_mode()?;
+    execute!(out, terminal::EnterAlternateScreen, cursor::Hide)?;
+    let res = (|| -> Result<(), TopError> {
+        loop {
+            let (w, h) = terminal::size().unwrap_or((120, 40));
+            let text = match src.next() {
+                Ok(s) => render(&s, h.saturating_sub(4) as usize, w as usize),
+                Err(e) => format!("error: {e}\n"),
+            };
+            execute!(out, cursor::MoveTo(0, 0), terminal::Clear(ClearType::All))?;
+            for line in text.lines() {
+                write!(out, "{line}\r\n")?;
+            }
+            write!(out, "\r\nq or Ctrl-C to quit")?;
+            out.flush()?;
+            if event::poll(interval)?
+                && let event::Event::Key(k) = event::read()?
+                && (k.code == event::KeyCode::Char('q')
+                    || (k.code == event::KeyCode::Char('c')
+                        && k.modifiers.contains(event::KeyModifiers::CONTROL)))
+            {
+                return Ok(());
+            }
+        }
+    })();
+    execute!(out, cursor::Show, terminal::LeaveAlternateScreen)?;
+    terminal::disable_raw_mode()?;
+    res
+}
+
+/// Human-readable rate.
+pub fn human(bytes_per_s: f64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes_per_s;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{v:.0}{}", UNITS[u])
+    } else {
+        format!("{v:.1}{}", UNITS[u])
+    }
+}
+
+fn row_line(r: &CgroupRow, width: usize) -> String {
+    let path = r.path.clone().unwrap_or_else(|| format!("(gone) id {}", r.cgroup_id));
+    let dests: Vec<String> = r
+        .destinations
+        .iter()
+        .take(3)
+        .map(|d| format!("{}:{}/{}", d.addr, d.port, d.proto))
+        .collect();
+    let line = format!(
+        "{:<40} {:>10} {:>10} {:>10} {:>7.1} {:>10} {}",
+        truncate(&path, 40),
+        human(r.rates.egress_internal_bytes),
+        human(r.rates.egress_external_bytes),
+        human(r.rates.ingress_bytes),
+        r.rates.connects,
+        human(r.egress.total_bytes() as f64),
+        dests.join(" ")
+    );
+    truncate(&line, width)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        // Keep the end of paths: the leaf names the pod or container.
+        let tail: String = s.chars().rev().take(n.saturating_sub(1)).collect::<Vec<_>>().into_iter().rev().collect();
+        format!("…{tail}")
+    }
+}
+
+/// The table: header, then up to `rows` cgroups.
+pub fn render(s: &Snapshot, rows: usize, width: usize) -> String {
+    let mut out = format!(
+        "{:<40} {:>10} {:>10} {:>10} {:>7} {:>10} {}\n",
+        "CGROUP", "OUT/s INT", "OUT/s EXT", "IN/s", "CONN/s", "OUT TOTAL", "TOP DESTINATIONS"
+    );
+    for r in s.cgroups.iter().take(rows) {
+        out.push_str(&row_line(r, width));
+        out.push('\n');
+    }
+    let drops = s.counters.get("ringbuf_drops").copied().unwrap_or(0);
+    let full = s.counters.get("cgroup_stats_full").copied().unwrap_or(0);
+    let evicted = s.counters.get("flow_evictions").copied().unwrap_or(0);
+    out.push_str(&format!(
+        "{} cgroups, drain {}, event drops {drops}, cgroup map overflows {full}, flow evictions {evicted}\n",
+        s.cgroups.len(),
+        s.drain_mode
+    ));
+    out
+}
