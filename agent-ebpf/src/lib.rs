@@ -56,6 +56,8 @@ pub mod prog {
     pub const CONNECT6: &str = "tg_connect6";
     pub const SENDMSG4: &str = "tg_sendmsg4";
     pub const SENDMSG6: &str = "tg_sendmsg6";
+    /// Benchmark baseline (one per-CPU array increment); never attached.
+    pub const BENCH_BASELINE: &str = "tg_bench_baseline";
 }
 
 /// Key of `TG_CG_STATS` under which cgroups are counted once the map is full.
@@ -128,11 +130,16 @@ pub struct FlowStats {
     pub tx: ByteCount,
     /// Received by the cgroup from the peer.
     pub rx: ByteCount,
-    /// CLOCK_BOOTTIME nanoseconds.
+    /// CLOCK_MONOTONIC_COARSE nanoseconds.
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
+    /// The peer's scope ([`SCOPE_INTERNAL`] or [`SCOPE_EXTERNAL`]), looked
+    /// up in `TG_CIDRS` when the flow is created so later packets skip the
+    /// trie; the agent rewrites it when the CIDRs change.
+    pub scope: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<FlowStats>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
 
 /// Data part of an LPM trie key (the kernel prepends the prefix length).
 /// IPv4 CIDRs are stored IPv4-mapped with prefix length + 96.
@@ -167,7 +174,7 @@ pub const CONN_KIND_SENDMSG: u8 = 2;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ConnEvent {
     pub cgroup_id: u64,
-    /// CLOCK_BOOTTIME nanoseconds.
+    /// CLOCK_MONOTONIC_COARSE nanoseconds.
     pub ts_ns: u64,
     pub addr: [u8; 16],
     pub port: u16,

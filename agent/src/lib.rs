@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod bench;
 pub mod cgroupfs;
 pub mod check;
 pub mod collect;

@@ -66,6 +66,16 @@ enum Cmd {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
+    /// Benchmark the egress program with BPF_PROG_TEST_RUN (for `cargo xtask bench`).
+    #[command(hide = true)]
+    BenchProg {
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+        #[arg(long, default_value = "/sys/fs/bpf/tollgate-bench-prog")]
+        pin_dir: String,
+    },
     /// Remove Tollgate's pins: detaches the programs (counters are lost).
     Detach {
         #[command(flatten)]
@@ -173,6 +183,16 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::BenchProg { repeat, rounds, pin_dir } => match tollgate::bench::prog_bench(&pin_dir, repeat, rounds) {
+            Ok(rows) => {
+                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tollgate: {}", chain(&e));
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Detach { common } => {
             let cfg = match load_config(&common) {
                 Ok(c) => c,

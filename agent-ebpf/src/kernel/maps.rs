@@ -33,3 +33,7 @@ pub static CONN_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_CONN_EVENTS_BYTES, 0);
 
 #[map(name = "TG_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// Benchmark-only counter of `tg_bench_baseline` (not pinned).
+#[map(name = "TG_BENCH")]
+pub static BENCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

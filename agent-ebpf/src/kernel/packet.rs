@@ -26,9 +26,21 @@ const IPPROTO_UDPLITE: u8 = 136;
 /// verifier needs a bound; real traffic rarely has more than two).
 const MAX_EXT_HEADERS: usize = 8;
 
-/// Reads `N` bytes at `offset` from the network header.
+/// Reads `N` bytes at `offset` from the network header: directly from the
+/// linear data when it is there (cgroup_skb may read packet data directly
+/// with CAP_PERFMON), else through bpf_skb_load_bytes, which also reaches
+/// paged data and fails cleanly past the end of the packet.
 #[inline(always)]
 pub fn load<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Result<[u8; N], ()> {
+    let skb = ctx.skb.skb;
+    // SAFETY: plain reads of the program's own context; the verifier turns
+    // data/data_end into packet pointers.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    if start + offset + N <= end {
+        // SAFETY: [start + offset, start + offset + N) lies inside the
+        // linear packet data, checked just above (and by the verifier).
+        return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
+    }
     ctx.load::<[u8; N]>(offset).map_err(|_| ())
 }
 
@@ -60,13 +72,13 @@ fn ports(ctx: &SkBuffContext, offset: usize, h: &mut Headers) -> Result<(), ()> 
 /// the packet is not IPv4/IPv6 or its headers are cut short.
 #[inline(always)]
 pub fn parse(ctx: &SkBuffContext) -> Result<Headers, ()> {
-    // skb->protocol is set by the stack (ip_output, eth_type_trans); fall
-    // back to the version nibble for anything else.
+    // skb->protocol is set by the stack on both paths (ip_output and
+    // ip6_output on egress, eth_type_trans on ingress); the version nibble
+    // is checked again below.
     let proto = u16::from_be(ctx.skb.protocol() as u16) as u32;
-    let first = load::<1>(ctx, 0)?[0] >> 4;
-    if proto == ETH_P_IP || (proto != ETH_P_IPV6 && first == 4) {
+    if proto == ETH_P_IP {
         parse_v4(ctx)
-    } else if proto == ETH_P_IPV6 || first == 6 {
+    } else if proto == ETH_P_IPV6 {
         parse_v6(ctx)
     } else {
         Err(())

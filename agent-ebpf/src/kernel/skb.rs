@@ -11,7 +11,7 @@ use tollgate_ebpf::PeerKey;
 
 use super::{
     packet,
-    stats::{Dir, count_flow, count_packet, is_internal},
+    stats::{Dir, count_flow, count_packet},
 };
 
 const PASS: i32 = 1;
@@ -42,7 +42,6 @@ fn account(ctx: &SkBuffContext, dir: Dir) {
         Dir::Egress => (h.dst, h.dport),
         Dir::Ingress => (h.src, h.sport),
     };
-    count_packet(cgroup_id, dir, is_internal(&addr), false, bytes);
     let key = PeerKey {
         cgroup_id,
         addr,
@@ -51,5 +50,17 @@ fn account(ctx: &SkBuffContext, dir: Dir) {
         family: h.family,
         _pad: [0; 4],
     };
-    count_flow(&key, dir, bytes);
+    let internal = count_flow(&key, dir, bytes);
+    count_packet(cgroup_id, dir, internal, false, bytes);
+}
+
+/// Benchmark baseline, never attached: the cheapest useful cgroup_skb
+/// program (one per-CPU array increment), measured next to the real egress
+/// program by `cargo xtask bench dataplane`.
+#[cgroup_skb(egress)]
+pub fn tg_bench_baseline(ctx: SkBuffContext) -> i32 {
+    if let Some(p) = super::maps::BENCH.get_ptr_mut(0) {
+        super::stats::add(p, ctx.len() as u64);
+    }
+    PASS
 }

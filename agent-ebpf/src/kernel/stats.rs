@@ -4,7 +4,8 @@
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use tollgate_ebpf::{
-    ByteCount, CGROUP_OVERFLOW, CgroupStats, Counter, FlowStats, LpmAddr, PeerKey, SCOPE_INTERNAL,
+    ByteCount, CGROUP_OVERFLOW, CgroupStats, Counter, FlowStats, LpmAddr, PeerKey, SCOPE_EXTERNAL,
+    SCOPE_INTERNAL,
 };
 
 use super::maps::{CG_STATS, CIDRS, COUNTERS, FLOWS};
@@ -104,26 +105,27 @@ pub fn count_packet(cgroup_id: u64, dir: Dir, internal: bool, malformed: bool, b
     }
 }
 
-/// Counts one packet in the flow table, creating the flow.
+/// Counts one packet in the flow table, creating the flow, and returns
+/// whether the peer is internal (cached in the flow: the trie is consulted
+/// once per flow, not per packet).
 #[inline(always)]
-pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64) {
+pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64) -> bool {
     let now = now_ns();
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         // SAFETY: `f` points to a live map value; only field addresses are
         // taken, `last_seen_ns` is a plain aligned store (last writer wins).
         unsafe {
-            match dir {
-                Dir::Egress => add_count(&raw mut (*f).tx, bytes),
-                Dir::Ingress => add_count(&raw mut (*f).rx, bytes),
-            }
+            add_flow(f, dir, bytes);
             (*f).last_seen_ns = now;
+            return (*f).scope == SCOPE_INTERNAL;
         }
-        return;
     }
+    let internal = is_internal(&key.addr);
     let one = ByteCount { bytes, packets: 1 };
     let mut value = FlowStats {
         first_seen_ns: now,
         last_seen_ns: now,
+        scope: if internal { SCOPE_INTERNAL } else { SCOPE_EXTERNAL },
         ..FlowStats::default()
     };
     match dir {
@@ -132,18 +134,22 @@ pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64) {
     }
     match FLOWS.insert(key, value, BPF_NOEXIST as u64) {
         Ok(()) => bump(Counter::FlowsCreated),
-        Err(_) => {
-            // Lost a race with another CPU (EEXIST): add to the winner's entry.
-            match FLOWS.get_ptr_mut(key) {
-                // SAFETY: as above.
-                Some(f) => unsafe {
-                    match dir {
-                        Dir::Egress => add_count(&raw mut (*f).tx, bytes),
-                        Dir::Ingress => add_count(&raw mut (*f).rx, bytes),
-                    }
-                },
-                None => bump(Counter::FlowCreateFailed),
-            }
+        // Lost a race with another CPU (EEXIST): add to the winner's entry.
+        Err(_) => match FLOWS.get_ptr_mut(key) {
+            Some(f) => add_flow(f, dir, bytes),
+            None => bump(Counter::FlowCreateFailed),
+        },
+    }
+    internal
+}
+
+#[inline(always)]
+fn add_flow(f: *mut FlowStats, dir: Dir, bytes: u64) {
+    // SAFETY: `f` points to a live map value; field addresses only.
+    unsafe {
+        match dir {
+            Dir::Egress => add_count(&raw mut (*f).tx, bytes),
+            Dir::Ingress => add_count(&raw mut (*f).rx, bytes),
         }
     }
 }

@@ -31,7 +31,7 @@ use aya::{
 };
 use ipnet::IpNet;
 use tollgate_ebpf::{
-    ABI_VERSION, CGROUP_OVERFLOW, COUNTER_SLOTS, CgroupStats, CidrInfo, ConnEvent, FlowStats,
+    ABI_VERSION, CGROUP_OVERFLOW, COUNTER_SLOTS, CgroupStats, CidrInfo, ConnEvent, Counter, FlowStats,
     LpmAddr, PeerKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, map, prog,
 };
 
@@ -356,7 +356,52 @@ impl Dataplane {
         for k in stale {
             trie.remove(&k).map_err(map_err(map::CIDRS))?;
         }
+        self.drop_flows_with_stale_scope(cidrs)
+    }
+
+    /// Flows cache their peer's scope; after a CIDR change, flows whose
+    /// cached scope is now wrong are deleted (the kernel recreates them with
+    /// the right scope on their next packet). A map update cannot rewrite
+    /// one field without racing the kernel's counters, so deletion it is;
+    /// per-cgroup totals are unaffected. Deletions are counted.
+    fn drop_flows_with_stale_scope(&mut self, cidrs: &[(IpNet, bool)]) -> Result<()> {
+        let mut flows: HashMap<_, PeerKey, FlowStats> =
+            HashMap::try_from(self.map_mut(map::FLOWS)?).map_err(map_err(map::FLOWS))?;
+        let stale: Vec<PeerKey> = flows
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, f)| {
+                let internal = scope_of(cidrs, k.ip());
+                (f.scope == SCOPE_INTERNAL) != internal
+            })
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0u64;
+        for k in &stale {
+            if flows.remove(k).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(flows = removed, "dropped flows whose scope changed with the CIDR config");
+            self.add_counter(Counter::FlowsDeletedByAgent, removed)?;
+        }
         Ok(())
+    }
+
+    /// Adds to a kernel health counter from userspace (CPU 0's slot).
+    pub fn add_counter(&mut self, c: Counter, n: u64) -> Result<()> {
+        let mut arr: PerCpuArray<_, u64> =
+            PerCpuArray::try_from(self.map_mut(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
+        let cur = arr.get(&(c as u32), 0).map_err(map_err(map::COUNTERS))?;
+        let mut v: Vec<u64> = cur.iter().copied().collect();
+        v[0] = v[0].wrapping_add(n);
+        let vals = PerCpuValues::try_from(v).map_err(|source| DataplaneError::Io {
+            what: "per-CPU values",
+            path: PathBuf::new(),
+            source,
+        })?;
+        arr.set(c as u32, vals, 0).map_err(map_err(map::COUNTERS))
     }
 
     fn load_program(&mut self, name: &'static str, hook: Hook) -> Result<()> {
@@ -433,6 +478,21 @@ impl Dataplane {
         Ok(())
     }
 
+    /// The benchmark baseline program, loaded on first use.
+    pub fn bench_baseline(&mut self) -> Result<&CgroupSkb> {
+        let name = prog::BENCH_BASELINE;
+        let p: &mut CgroupSkb = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(DataplaneError::MissingProgram { name })?
+            .try_into()
+            .map_err(prog_err(name))?;
+        if p.fd().is_err() {
+            p.load().map_err(prog_err(name))?;
+        }
+        Ok(p)
+    }
+
     /// The cgroup_skb egress or ingress program, for BPF_PROG_TEST_RUN.
     pub fn skb_program(&self, egress: bool) -> Result<&CgroupSkb> {
         let name = if egress { prog::SKB_EGRESS } else { prog::SKB_INGRESS };
@@ -465,6 +525,16 @@ pub fn remove_pins(pins: &PinDir) -> io::Result<()> {
     // Remove the root too if nothing else (another ABI version) is in it.
     let _ = std::fs::remove_dir(&pins.root);
     Ok(())
+}
+
+/// Userspace longest-prefix match over the CIDR table, as the kernel trie
+/// does it: whether `ip` is internal.
+pub fn scope_of(cidrs: &[(IpNet, bool)], ip: std::net::IpAddr) -> bool {
+    cidrs
+        .iter()
+        .filter(|(n, _)| n.contains(&ip))
+        .max_by_key(|(n, _)| n.prefix_len())
+        .is_some_and(|(_, internal)| *internal)
 }
 
 /// LPM trie key of a network (IPv4 as IPv4-mapped, prefix + 96).

@@ -1,0 +1,98 @@
+//! `tollgate bench-prog` (driven by `cargo xtask bench dataplane`): ns per
+//! packet of the egress program via BPF_PROG_TEST_RUN next to a baseline
+//! program that only increments a per-CPU array.
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use serde::Serialize;
+
+use crate::{
+    config::Config,
+    ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir, remove_pins},
+};
+
+#[derive(Debug, Serialize)]
+pub struct ProgBenchRow {
+    pub frame_bytes: usize,
+    pub repeat: u32,
+    pub rounds: usize,
+    pub baseline_ns: f64,
+    pub egress_ns: f64,
+    pub ratio: f64,
+}
+
+/// An Ethernet + IPv4 + UDP frame of exactly `len` bytes (>= 42) from a
+/// cluster address to an external one: the common egress case.
+pub fn udp_frame(len: usize) -> Vec<u8> {
+    let len = len.max(42);
+    let mut f = vec![0u8; len];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (len - 14) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 17;
+    f[26..30].copy_from_slice(&[198, 18, 1, 2]);
+    f[30..34].copy_from_slice(&[203, 0, 113, 1]);
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&443u16.to_be_bytes());
+    f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    f
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Runs the comparison; programs are loaded with their own pins under
+/// `pin_root`, removed afterwards.
+pub fn prog_bench(pin_root: &str, repeat: u32, rounds: usize) -> Result<Vec<ProgBenchRow>, DataplaneError> {
+    let pins = PinDir::new(pin_root);
+    let cfg = Config::default();
+    let res = (|| {
+        let mut dp = Dataplane::load(&LoadOptions {
+            pins: pins.clone(),
+            maps: cfg.maps.clone(),
+            cidrs: cfg.cidr_table(),
+        })?;
+        let mut rows = Vec::new();
+        for size in [64usize, 1500] {
+            let frame = udp_frame(size);
+            let (mut base, mut egress) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                // Alternate so drift on a shared machine hits both alike.
+                base.push(run(dp.bench_baseline()?, &frame, repeat)?);
+                egress.push(run(dp.skb_program(true)?, &frame, repeat)?);
+            }
+            let (b, e) = (median(base), median(egress));
+            rows.push(ProgBenchRow {
+                frame_bytes: size,
+                repeat,
+                rounds,
+                baseline_ns: b,
+                egress_ns: e,
+                ratio: e / b,
+            });
+        }
+        Ok(rows)
+    })();
+    let _ = remove_pins(&pins);
+    res
+}
+
+fn run(p: &aya::programs::CgroupSkb, frame: &[u8], repeat: u32) -> Result<f64, DataplaneError> {
+    let r = p
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        })
+        .map_err(|e| DataplaneError::Program {
+            name: "bench",
+            source: Box::new(e),
+        })?;
+    // The kernel reports the mean duration of one run.
+    Ok(r.duration.as_nanos() as f64)
+}
