@@ -5,7 +5,10 @@ extern crate std;
 use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use crate::{ByteCount, CgroupStats, CidrInfo, ConnEvent, FAMILY_V4, FlowStats, LpmAddr, PeerKey, ScopeCounts};
+use crate::{
+    ByteCount, CgroupStats, CidrInfo, ConnEvent, FAMILY_V4, FlowStats, LpmAddr, PeerKey,
+    ScopeCounts,
+};
 
 macro_rules! pod {
     ($($t:ty),+) => {$(
@@ -15,7 +18,16 @@ macro_rules! pod {
         unsafe impl aya::Pod for $t {}
     )+};
 }
-pod!(ByteCount, ScopeCounts, CgroupStats, PeerKey, FlowStats, LpmAddr, CidrInfo, ConnEvent);
+pod!(
+    ByteCount,
+    ScopeCounts,
+    CgroupStats,
+    PeerKey,
+    FlowStats,
+    LpmAddr,
+    CidrInfo,
+    ConnEvent
+);
 
 /// The address of a key or event, unmapping IPv4-mapped addresses.
 pub fn addr_of(family: u8, addr: [u8; 16]) -> IpAddr {

@@ -65,7 +65,8 @@ pub enum ClientError {
 pub fn fetch_snapshot(socket: &Path) -> Result<Snapshot, ClientError> {
     let io = |e| ClientError::Connect(socket.to_owned(), e);
     let mut s = UnixStream::connect(socket).map_err(io)?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).map_err(io)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(io)?;
     s.write_all(b"GET /v1/snapshot HTTP/1.0\r\nHost: tollgate\r\n\r\n")
         .map_err(io)?;
     let mut buf = Vec::new();
@@ -76,7 +77,10 @@ pub fn fetch_snapshot(socket: &Path) -> Result<Snapshot, ClientError> {
         .ok_or_else(|| ClientError::Status(socket.to_owned(), "truncated response".into()))?;
     let status = head.lines().next().unwrap_or_default();
     if !status.contains(" 200 ") {
-        return Err(ClientError::Status(socket.to_owned(), format!("{status}: {}", body.trim())));
+        return Err(ClientError::Status(
+            socket.to_owned(),
+            format!("{status}: {}", body.trim()),
+        ));
     }
     serde_json::from_str(body).map_err(|e| ClientError::Decode(socket.to_owned(), e.to_string()))
 }

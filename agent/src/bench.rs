@@ -48,7 +48,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs the comparison; programs are loaded with their own pins under
 /// `pin_root`, removed afterwards.
-pub fn prog_bench(pin_root: &str, repeat: u32, rounds: usize) -> Result<Vec<ProgBenchRow>, DataplaneError> {
+pub fn prog_bench(
+    pin_root: &str,
+    repeat: u32,
+    rounds: usize,
+) -> Result<Vec<ProgBenchRow>, DataplaneError> {
     let pins = PinDir::new(pin_root);
     let cfg = Config::default();
     let res = (|| {

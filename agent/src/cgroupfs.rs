@@ -136,10 +136,19 @@ mod tests {
 
     #[test]
     fn finds_hybrid_and_unified_mounts() {
-        assert_eq!(cgroup2_mount_in(HYBRID).unwrap(), Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(
+            cgroup2_mount_in(HYBRID).unwrap(),
+            Path::new("/sys/fs/cgroup/unified")
+        );
         // A bind mount of a sub-tree loses to the root mount.
-        assert_eq!(cgroup2_mount_in(UNIFIED).unwrap(), Path::new("/sys/fs/cgroup"));
-        assert_eq!(cgroup2_mount_in("1 2 0:1 / /x rw - ext4 /dev/vda rw\n"), None);
+        assert_eq!(
+            cgroup2_mount_in(UNIFIED).unwrap(),
+            Path::new("/sys/fs/cgroup")
+        );
+        assert_eq!(
+            cgroup2_mount_in("1 2 0:1 / /x rw - ext4 /dev/vda rw\n"),
+            None
+        );
     }
 
     #[test]

@@ -54,7 +54,9 @@ pub fn probe_all() -> Vec<Probe> {
         probe(
             &format!(
                 "cgroup v2{}",
-                cg.as_ref().map(|p| format!(" ({})", p.display())).unwrap_or_default()
+                cg.as_ref()
+                    .map(|p| format!(" ({})", p.display()))
+                    .unwrap_or_default()
             ),
             cg.is_ok(),
             true,
@@ -64,16 +66,30 @@ pub fn probe_all() -> Vec<Probe> {
             "bpffs at /sys/fs/bpf",
             true,
             true,
-            if bpffs { "pins (mounted)" } else { "pins (not mounted: the agent mounts it)" },
+            if bpffs {
+                "pins (mounted)"
+            } else {
+                "pins (not mounted: the agent mounts it)"
+            },
         ),
-        probe("program cgroup_skb", prog(ProgramType::CgroupSkb), true, "per-pod byte/packet accounting"),
+        probe(
+            "program cgroup_skb",
+            prog(ProgramType::CgroupSkb),
+            true,
+            "per-pod byte/packet accounting",
+        ),
         probe(
             "program cgroup_sock_addr",
             prog(ProgramType::CgroupSockAddr),
             true,
             "connection events (connect4/6, sendmsg4/6)",
         ),
-        probe("cgroup bpf_link (Linux 5.7)", at_least(5, 7, 0), true, "pinned links survive agent restarts"),
+        probe(
+            "cgroup bpf_link (Linux 5.7)",
+            at_least(5, 7, 0),
+            true,
+            "pinned links survive agent restarts",
+        ),
         probe(
             "helper bpf_skb_cgroup_id",
             helper(ProgramType::CgroupSkb, BpfHelper::BPF_FUNC_skb_cgroup_id),
@@ -82,15 +98,43 @@ pub fn probe_all() -> Vec<Probe> {
         ),
         probe(
             "helper bpf_ktime_get_coarse_ns (Linux 5.11)",
-            helper(ProgramType::CgroupSkb, BpfHelper::BPF_FUNC_ktime_get_coarse_ns),
+            helper(
+                ProgramType::CgroupSkb,
+                BpfHelper::BPF_FUNC_ktime_get_coarse_ns,
+            ),
             true,
             "flow first/last seen",
         ),
-        probe("map percpu_hash", map(MapType::PerCpuHash), true, "per-cgroup counters"),
-        probe("map lru_hash", map(MapType::LruHash), true, "flow table, connection dedup"),
-        probe("map lpm_trie", map(MapType::LpmTrie), true, "internal/external CIDRs"),
-        probe("map ringbuf (Linux 5.8)", map(MapType::RingBuf), true, "connection events"),
-        probe("map percpu_array", map(MapType::PerCpuArray), true, "kernel health counters"),
+        probe(
+            "map percpu_hash",
+            map(MapType::PerCpuHash),
+            true,
+            "per-cgroup counters",
+        ),
+        probe(
+            "map lru_hash",
+            map(MapType::LruHash),
+            true,
+            "flow table, connection dedup",
+        ),
+        probe(
+            "map lpm_trie",
+            map(MapType::LpmTrie),
+            true,
+            "internal/external CIDRs",
+        ),
+        probe(
+            "map ringbuf (Linux 5.8)",
+            map(MapType::RingBuf),
+            true,
+            "connection events",
+        ),
+        probe(
+            "map percpu_array",
+            map(MapType::PerCpuArray),
+            true,
+            "kernel health counters",
+        ),
         probe(
             "batch map lookups (Linux 5.6)",
             sys::probe_batch(),
@@ -103,11 +147,36 @@ pub fn probe_all() -> Vec<Probe> {
             false,
             "kernel struct offsets for storage accounting",
         ),
-        probe("program raw_tracepoint", prog(ProgramType::RawTracePoint), false, "syscall hooks (storage)"),
-        probe("program tracepoint", prog(ProgramType::TracePoint), false, "syscall hooks fallback"),
-        probe("program sched_cls (tc)", prog(ProgramType::SchedClassifier), false, "per-veth counting, quarantine"),
-        probe("tcx (Linux 6.6)", at_least(6, 6, 0), false, "tc attach without touching the CNI's qdisc"),
-        probe("program kprobe", prog(ProgramType::KProbe), false, "not used (tracepoints preferred)"),
+        probe(
+            "program raw_tracepoint",
+            prog(ProgramType::RawTracePoint),
+            false,
+            "syscall hooks (storage)",
+        ),
+        probe(
+            "program tracepoint",
+            prog(ProgramType::TracePoint),
+            false,
+            "syscall hooks fallback",
+        ),
+        probe(
+            "program sched_cls (tc)",
+            prog(ProgramType::SchedClassifier),
+            false,
+            "per-veth counting, quarantine",
+        ),
+        probe(
+            "tcx (Linux 6.6)",
+            at_least(6, 6, 0),
+            false,
+            "tc attach without touching the CNI's qdisc",
+        ),
+        probe(
+            "program kprobe",
+            prog(ProgramType::KProbe),
+            false,
+            "not used (tracepoints preferred)",
+        ),
         probe(
             "kernel BPF stats (kernel.bpf_stats_enabled)",
             std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
@@ -122,7 +191,10 @@ pub fn probe_all() -> Vec<Probe> {
 pub fn print(probes: &[Probe], json: bool) -> bool {
     let ok = probes.iter().all(|p| p.available || !p.required);
     if json {
-        println!("{}", serde_json::to_string_pretty(probes).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(probes).unwrap_or_default()
+        );
         return ok;
     }
     if let Ok(v) = KernelVersion::current() {

@@ -18,7 +18,9 @@ pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9771";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source} (pass --config PATH, or create the file; every key is optional)")]
+    #[error(
+        "cannot read config file {path}: {source} (pass --config PATH, or create the file; every key is optional)"
+    )]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -97,7 +99,10 @@ impl Default for NetworkConfig {
             "fc00::/7",
         ];
         Self {
-            internal_cidrs: nets.iter().map(|n| n.parse().expect("valid default")).collect(),
+            internal_cidrs: nets
+                .iter()
+                .map(|n| n.parse().expect("valid default"))
+                .collect(),
             external_cidrs: Vec::new(),
         }
     }
@@ -169,7 +174,8 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "agent.pin_dir",
                 value: self.agent.pin_dir.display().to_string(),
-                why: "must be an absolute path on a bpf filesystem, e.g. /sys/fs/bpf/tollgate".into(),
+                why: "must be an absolute path on a bpf filesystem, e.g. /sys/fs/bpf/tollgate"
+                    .into(),
             });
         }
         if self.agent.attach_cgroup.is_absolute()
@@ -182,12 +188,18 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "agent.attach_cgroup",
                 value: self.agent.attach_cgroup.display().to_string(),
-                why: "must be relative to the cgroup v2 mount, without '..' (\"\" for the root)".into(),
+                why: "must be relative to the cgroup v2 mount, without '..' (\"\" for the root)"
+                    .into(),
             });
         }
         let m = &self.maps;
         for (key, v, min, max) in [
-            ("maps.cgroup_stats_entries", m.cgroup_stats_entries, 16, 1 << 20),
+            (
+                "maps.cgroup_stats_entries",
+                m.cgroup_stats_entries,
+                16,
+                1 << 20,
+            ),
             ("maps.flow_entries", m.flow_entries, 64, 1 << 24),
             ("maps.conn_seen_entries", m.conn_seen_entries, 64, 1 << 24),
         ] {
@@ -230,8 +242,18 @@ impl Config {
             .iter()
             .map(|n| (n.parse().expect("valid constant"), true))
             .collect();
-        v.extend(self.network.internal_cidrs.iter().map(|n| (n.trunc(), true)));
-        v.extend(self.network.external_cidrs.iter().map(|n| (n.trunc(), false)));
+        v.extend(
+            self.network
+                .internal_cidrs
+                .iter()
+                .map(|n| (n.trunc(), true)),
+        );
+        v.extend(
+            self.network
+                .external_cidrs
+                .iter()
+                .map(|n| (n.trunc(), false)),
+        );
         v
     }
 }
@@ -267,7 +289,12 @@ mod tests {
         let e = Config::parse("[network]\ninternal_cidrs = [\"10.0.0.0/33\"]\n").unwrap_err();
         assert!(e.contains("internal_cidrs") || e.contains("invalid"), "{e}");
         let c = Config::parse("[agent]\nattach_cgroup = \"../x\"\n").unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("attach_cgroup"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("attach_cgroup")
+        );
     }
 
     #[test]

@@ -11,7 +11,11 @@ const EXIT_CONFIG: u8 = 64;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "Per-pod network accounting, baselines and quarantine for Kubernetes nodes")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Per-pod network accounting, baselines and quarantine for Kubernetes nodes"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -90,14 +94,15 @@ enum Format {
 }
 
 fn load_config(c: &Common) -> Result<Config, ExitCode> {
-    let mut cfg = if c.config.exists() || c.config.as_os_str() != tollgate::config::DEFAULT_CONFIG_PATH {
-        Config::load(&c.config).map_err(|e| {
-            eprintln!("tollgate: {e}");
-            ExitCode::from(EXIT_CONFIG)
-        })?
-    } else {
-        Config::default()
-    };
+    let mut cfg =
+        if c.config.exists() || c.config.as_os_str() != tollgate::config::DEFAULT_CONFIG_PATH {
+            Config::load(&c.config).map_err(|e| {
+                eprintln!("tollgate: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            })?
+        } else {
+            Config::default()
+        };
     if let Some(p) = &c.pin_dir {
         cfg.agent.pin_dir = p.clone();
     }
@@ -105,7 +110,9 @@ fn load_config(c: &Common) -> Result<Config, ExitCode> {
 }
 
 fn socket(c: &Common, cfg: &Config) -> PathBuf {
-    c.socket.clone().unwrap_or_else(|| api::default_socket(&cfg.agent.pin_dir))
+    c.socket
+        .clone()
+        .unwrap_or_else(|| api::default_socket(&cfg.agent.pin_dir))
 }
 
 fn main() -> ExitCode {
@@ -118,7 +125,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match cli.cmd {
-        Cmd::Run { common, metrics_addr, tick, internal_cidrs } => {
+        Cmd::Run {
+            common,
+            metrics_addr,
+            tick,
+            internal_cidrs,
+        } => {
             let mut cfg = match load_config(&common) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -136,7 +148,9 @@ fn main() -> ExitCode {
                 eprintln!("tollgate: {e}");
                 return ExitCode::from(EXIT_CONFIG);
             }
-            let opts = run::RunOptions { socket: socket(&common, &cfg) };
+            let opts = run::RunOptions {
+                socket: socket(&common, &cfg),
+            };
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -163,7 +177,12 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_UNAVAILABLE)
             }
         }
-        Cmd::Top { common, once, format, interval } => {
+        Cmd::Top {
+            common,
+            once,
+            format,
+            interval,
+        } => {
             let cfg = match load_config(&common) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -183,9 +202,16 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::BenchProg { repeat, rounds, pin_dir } => match tollgate::bench::prog_bench(&pin_dir, repeat, rounds) {
+        Cmd::BenchProg {
+            repeat,
+            rounds,
+            pin_dir,
+        } => match tollgate::bench::prog_bench(&pin_dir, repeat, rounds) {
             Ok(rows) => {
-                println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default());
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).unwrap_or_default()
+                );
                 ExitCode::SUCCESS
             }
             Err(e) => {

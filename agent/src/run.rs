@@ -57,7 +57,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     let socket = opts.socket.clone();
     let mut server = tokio::spawn(api::serve(socket.clone(), rx));
 
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate()).map_err(RunError::Signal)?;
+    let mut term =
+        tokio::signal::unix::signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
     let mut tick = tokio::time::interval(cfg.agent.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

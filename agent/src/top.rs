@@ -15,8 +15,7 @@ use crossterm::{
 };
 
 use crate::{
-    api,
-    cgroupfs,
+    api, cgroupfs,
     collect::{CgroupRow, Collector, Snapshot},
     ebpf::PinDir,
 };
@@ -87,7 +86,10 @@ pub fn run(opts: &TopOptions) -> Result<(), TopError> {
         }
         let snap = src.next().map_err(std::io::Error::other)?;
         if opts.json {
-            println!("{}", serde_json::to_string_pretty(&snap).map_err(std::io::Error::other)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&snap).map_err(std::io::Error::other)?
+            );
         } else {
             print!("{}", render(&snap, usize::MAX, 200));
         }
@@ -145,7 +147,10 @@ pub fn human(bytes_per_s: f64) -> String {
 }
 
 fn row_line(r: &CgroupRow, width: usize) -> String {
-    let path = r.path.clone().unwrap_or_else(|| format!("(gone) id {}", r.cgroup_id));
+    let path = r
+        .path
+        .clone()
+        .unwrap_or_else(|| format!("(gone) id {}", r.cgroup_id));
     let dests: Vec<String> = r
         .destinations
         .iter()
@@ -170,7 +175,14 @@ fn truncate(s: &str, n: usize) -> String {
         s.to_owned()
     } else {
         // Keep the end of paths: the leaf names the pod or container.
-        let tail: String = s.chars().rev().take(n.saturating_sub(1)).collect::<Vec<_>>().into_iter().rev().collect();
+        let tail: String = s
+            .chars()
+            .rev()
+            .take(n.saturating_sub(1))
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
         format!("…{tail}")
     }
 }

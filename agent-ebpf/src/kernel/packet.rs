@@ -57,7 +57,10 @@ pub struct Headers {
 
 #[inline(always)]
 fn carries_ports(proto: u8) -> bool {
-    matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE)
+    matches!(
+        proto,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
+    )
 }
 
 #[inline(always)]

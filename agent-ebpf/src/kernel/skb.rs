@@ -3,9 +3,7 @@
 //! Always returns 1 (pass): accounting never drops.
 
 use aya_ebpf::{
-    helpers::generated::bpf_skb_cgroup_id,
-    macros::cgroup_skb,
-    programs::SkBuffContext,
+    helpers::generated::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext,
 };
 use tollgate_ebpf::PeerKey;
 

@@ -52,7 +52,12 @@ fn peer(sa: &bpf_sock_addr, v6: bool) -> (u8, [u8; 16]) {
     }
     // One 4-byte context load per word: the verifier refuses a wider copy
     // of bpf_sock_addr.user_ip6.
-    let w = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let w = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     let mut a = [0u8; 16];
     a[0..4].copy_from_slice(&w[0].to_ne_bytes());
     a[4..8].copy_from_slice(&w[1].to_ne_bytes());

@@ -2,7 +2,9 @@
 //! can still be updated from process context and from softirq on the same
 //! CPU, and exact counts are the point.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST, helpers::generated::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key,
+};
 use tollgate_ebpf::{
     ByteCount, CGROUP_OVERFLOW, CgroupStats, Counter, FlowStats, LpmAddr, PeerKey, SCOPE_EXTERNAL,
     SCOPE_INTERNAL,
@@ -18,7 +20,9 @@ pub fn add(p: *mut u64, v: u64) {
     // (core::sync::atomic has no fetch_add on the BPF target: the
     // intrinsic lowers to BPF_ATOMIC | BPF_ADD.)
     unsafe {
-        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(p, v);
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, v,
+        );
     }
 }
 
@@ -125,7 +129,11 @@ pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64) -> bool {
     let mut value = FlowStats {
         first_seen_ns: now,
         last_seen_ns: now,
-        scope: if internal { SCOPE_INTERNAL } else { SCOPE_EXTERNAL },
+        scope: if internal {
+            SCOPE_INTERNAL
+        } else {
+            SCOPE_EXTERNAL
+        },
         ..FlowStats::default()
     };
     match dir {

@@ -3,9 +3,7 @@
 
 mod snapshot;
 
-pub use snapshot::{
-    CgroupRow, Counts, Destination, DirCounts, EventRow, Rates, Snapshot,
-};
+pub use snapshot::{CgroupRow, Counts, Destination, DirCounts, EventRow, Rates, Snapshot};
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -154,7 +152,9 @@ impl Collector {
         });
         let created = counters[Counter::FlowsCreated as usize];
         let deleted = counters[Counter::FlowsDeletedByAgent as usize];
-        let est = created.saturating_sub(deleted).saturating_sub(flows.len() as u64);
+        let est = created
+            .saturating_sub(deleted)
+            .saturating_sub(flows.len() as u64);
         self.evictions = self.evictions.max(est);
         let mut named: Vec<(String, u64)> = Counter::ALL
             .iter()

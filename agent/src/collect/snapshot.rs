@@ -4,7 +4,9 @@
 use std::{collections::BTreeMap, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
-use tollgate_ebpf::{ByteCount, CONN_KIND_CONNECT, CgroupStats, ConnEvent, ScopeCounts, proto_name};
+use tollgate_ebpf::{
+    ByteCount, CONN_KIND_CONNECT, CgroupStats, ConnEvent, ScopeCounts, proto_name,
+};
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Counts {

@@ -22,8 +22,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        HashMap, IterableMap as _, LpmTrie, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap, PerCpuValues,
-        lpm_trie::Key,
+        HashMap, IterableMap as _, LpmTrie, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap,
+        PerCpuValues, lpm_trie::Key,
     },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, links::FdLink,
@@ -31,15 +31,14 @@ use aya::{
 };
 use ipnet::IpNet;
 use tollgate_ebpf::{
-    ABI_VERSION, CGROUP_OVERFLOW, COUNTER_SLOTS, CgroupStats, CidrInfo, ConnEvent, Counter, FlowStats,
-    LpmAddr, PeerKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, map, prog,
+    ABI_VERSION, CGROUP_OVERFLOW, COUNTER_SLOTS, CgroupStats, CidrInfo, ConnEvent, Counter,
+    FlowStats, LpmAddr, PeerKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, map, prog,
 };
 
 use crate::config::MapConfig;
 
 /// The compiled kernel object, embedded at build time by build.rs.
-pub static OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-ebpf"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tollgate-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
@@ -251,7 +250,10 @@ fn check_pins(pins: &PinDir) -> Result<()> {
 
 /// Static name for error messages.
 fn map_name(name: &str) -> &'static str {
-    map::ALL.into_iter().find(|n| *n == name).unwrap_or("unknown map")
+    map::ALL
+        .into_iter()
+        .find(|n| *n == name)
+        .unwrap_or("unknown map")
 }
 
 /// Options for [`Dataplane::load`].
@@ -320,11 +322,13 @@ impl Dataplane {
         if m.get(&CGROUP_OVERFLOW, 0).is_ok() {
             return Ok(());
         }
-        let zero = PerCpuValues::try_from(vec![CgroupStats::default(); ncpu])
-            .map_err(|source| DataplaneError::Io {
-                what: "per-CPU values",
-                path: PathBuf::new(),
-                source,
+        let zero =
+            PerCpuValues::try_from(vec![CgroupStats::default(); ncpu]).map_err(|source| {
+                DataplaneError::Io {
+                    what: "per-CPU values",
+                    path: PathBuf::new(),
+                    source,
+                }
             })?;
         m.insert(CGROUP_OVERFLOW, zero, BPF_NOEXIST)
             .map_err(map_err(map::CGROUP_STATS))
@@ -337,7 +341,11 @@ impl Dataplane {
         let wanted: Vec<(Key<LpmAddr>, CidrInfo)> = cidrs
             .iter()
             .map(|(net, internal)| {
-                let scope = if *internal { SCOPE_INTERNAL } else { SCOPE_EXTERNAL };
+                let scope = if *internal {
+                    SCOPE_INTERNAL
+                } else {
+                    SCOPE_EXTERNAL
+                };
                 (lpm_key(net), CidrInfo { scope, _pad: 0 })
             })
             .collect();
@@ -383,7 +391,10 @@ impl Dataplane {
             }
         }
         if removed > 0 {
-            tracing::info!(flows = removed, "dropped flows whose scope changed with the CIDR config");
+            tracing::info!(
+                flows = removed,
+                "dropped flows whose scope changed with the CIDR config"
+            );
             self.add_counter(Counter::FlowsDeletedByAgent, removed)?;
         }
         Ok(())
@@ -454,9 +465,8 @@ impl Dataplane {
                         .attach(&cg, kind, CgroupAttachMode::Single)
                         .map_err(prog_err(name))?;
                     let link = p.take_link(id).map_err(prog_err(name))?;
-                    link.try_into().map_err(|e: aya::programs::links::LinkError| {
-                        link_err(name, e)
-                    })?
+                    link.try_into()
+                        .map_err(|e: aya::programs::links::LinkError| link_err(name, e))?
                 }
                 Hook::SockAddr => {
                     let p: &mut CgroupSockAddr = program.try_into().map_err(prog_err(name))?;
@@ -464,15 +474,16 @@ impl Dataplane {
                         .attach(&cg, CgroupAttachMode::Single)
                         .map_err(prog_err(name))?;
                     let link = p.take_link(id).map_err(prog_err(name))?;
-                    link.try_into().map_err(|e: aya::programs::links::LinkError| {
-                        link_err(name, e)
-                    })?
+                    link.try_into()
+                        .map_err(|e: aya::programs::links::LinkError| link_err(name, e))?
                 }
             };
-            fd_link.pin(&link_pin).map_err(|source| DataplaneError::PinLink {
-                path: link_pin.clone(),
-                source: Box::new(source),
-            })?;
+            fd_link
+                .pin(&link_pin)
+                .map_err(|source| DataplaneError::PinLink {
+                    path: link_pin.clone(),
+                    source: Box::new(source),
+                })?;
             tracing::info!(program = name, cgroup = %cgroup.display(), "attached");
         }
         Ok(())
@@ -495,7 +506,11 @@ impl Dataplane {
 
     /// The cgroup_skb egress or ingress program, for BPF_PROG_TEST_RUN.
     pub fn skb_program(&self, egress: bool) -> Result<&CgroupSkb> {
-        let name = if egress { prog::SKB_EGRESS } else { prog::SKB_INGRESS };
+        let name = if egress {
+            prog::SKB_EGRESS
+        } else {
+            prog::SKB_INGRESS
+        };
         let p = self
             .ebpf
             .program(name)
@@ -507,9 +522,7 @@ impl Dataplane {
 /// Swaps `program` into the link pinned at `pin`.
 fn replace_in_link(pin: &Path, program: &mut Program) -> io::Result<()> {
     let link = sys::obj_get(pin)?;
-    let fd = program
-        .fd()
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    let fd = program.fd().map_err(|e| io::Error::other(e.to_string()))?;
     sys::link_update(link.as_fd(), fd.as_fd())
 }
 

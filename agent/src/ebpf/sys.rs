@@ -140,7 +140,11 @@ pub fn read_pod<T: Pod>(bytes: &[u8]) -> Option<T> {
 
 /// Copies a `T` out of the front of `bytes`.
 fn read<T: Pod>(bytes: &[u8]) -> T {
-    assert!(bytes.len() >= size_of::<T>(), "short buffer for {}", std::any::type_name::<T>());
+    assert!(
+        bytes.len() >= size_of::<T>(),
+        "short buffer for {}",
+        std::any::type_name::<T>()
+    );
     // SAFETY: the slice holds at least size_of::<T>() bytes (checked above)
     // and T: Pod accepts any bit pattern; read_unaligned has no alignment
     // requirement.

@@ -1,0 +1,244 @@
+//! Driving the real `tollgate` binary: start, SIGKILL, detach, `top`.
+//!
+//! Tests run the release binary as a separate process (not the library in
+//! process) because what is under test includes the process boundary: pinned
+//! maps and links must keep counting after `kill -9`, and `top`/`detach`
+//! must work from a fresh process that only knows the pin directory.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::cmd::{self, Error, Result};
+use crate::top::Top;
+
+/// Overrides the binary location (CI points it at the built artifact).
+pub const BIN_ENV: &str = "TOLLGATE_BIN";
+
+/// The pin that shows the agent has loaded and attached (under `v1/links`).
+pub const READY_LINK: &str = "tg_skb_egress";
+
+/// How long `Agent::start` waits for `READY_LINK`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `$TOLLGATE_BIN`, else `<target>/release/tollgate` where `<target>` is
+/// `$CARGO_TARGET_DIR` or the workspace's `target/`.
+pub fn tollgate_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os(BIN_ENV) {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release/tollgate")
+}
+
+fn bin_checked() -> Result<PathBuf> {
+    let bin = tollgate_bin();
+    if bin.is_file() {
+        Ok(bin)
+    } else {
+        Err(Error::Invalid(format!(
+            "tollgate binary not found at {}: run `cargo build --release -p tollgate` or set {BIN_ENV}",
+            bin.display()
+        )))
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf unless it already is bpffs there.
+pub fn ensure_bpffs() -> Result<()> {
+    let fstype = cmd::run("stat", ["-f", "-c", "%T", "/sys/fs/bpf"]).unwrap_or_default();
+    if fstype.trim() == "bpf_fs" {
+        return Ok(());
+    }
+    fs::create_dir_all("/sys/fs/bpf").map_err(|e| Error::io("creating /sys/fs/bpf", e))?;
+    cmd::run("mount", ["-t", "bpf", "bpf", "/sys/fs/bpf"]).map(drop)
+}
+
+/// RAII name for `/sys/fs/bpf/tollgate-test-<pid>-<n>` (not created: the
+/// agent creates its own layout). Drop detaches whatever is pinned there and
+/// removes the directory, so a test that dies mid-way leaves no programs
+/// attached to the cgroup root.
+#[derive(Debug)]
+pub struct TestPinDir {
+    path: PathBuf,
+}
+
+impl TestPinDir {
+    pub fn new() -> Result<TestPinDir> {
+        ensure_bpffs()?;
+        Ok(TestPinDir {
+            path: PathBuf::from(format!(
+                "/sys/fs/bpf/tollgate-test-{}",
+                crate::unique_suffix()
+            )),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TestPinDir {
+    fn drop(&mut self) {
+        cleanup_pins(&self.path);
+    }
+}
+
+/// `tollgate detach` (removing links detaches the programs), then remove
+/// anything left. Never panics: runs from Drop.
+fn cleanup_pins(pin_dir: &Path) {
+    if !pin_dir.exists() {
+        return;
+    }
+    if let Err(e) = detach(pin_dir) {
+        eprintln!("warning: {e}");
+    }
+    if pin_dir.exists()
+        && let Err(e) = fs::remove_dir_all(pin_dir)
+    {
+        eprintln!("warning: removing {}: {e}", pin_dir.display());
+    }
+}
+
+/// `tollgate detach --pin-dir <pin_dir>`.
+pub fn detach(pin_dir: &Path) -> Result<()> {
+    let mut c = Command::new(bin_checked()?);
+    c.arg("detach").arg("--pin-dir").arg(pin_dir);
+    cmd::run_cmd(c, Duration::from_secs(30)).map(drop)
+}
+
+/// `tollgate top --once --format json --pin-dir <pin_dir>` as raw JSON.
+pub fn top_json(pin_dir: &Path) -> Result<serde_json::Value> {
+    let mut c = Command::new(bin_checked()?);
+    c.args(["top", "--once", "--format", "json", "--pin-dir"])
+        .arg(pin_dir);
+    let out = cmd::run_cmd(c, Duration::from_secs(30))?;
+    serde_json::from_str(&out)
+        .map_err(|e| Error::Invalid(format!("`tollgate top` printed invalid JSON ({e}): {out}")))
+}
+
+/// [`top_json`] parsed into the typed schema.
+pub fn top(pin_dir: &Path) -> Result<Top> {
+    let v = top_json(pin_dir)?;
+    serde_json::from_value(v).map_err(|e| Error::Invalid(format!("`tollgate top` schema: {e}")))
+}
+
+/// A running `tollgate run`. Drop SIGKILLs it, detaches and removes the pin
+/// directory. After [`Agent::kill9`] keep the guard alive until the test
+/// ends (a restarted agent declared later is dropped first); dropping it
+/// early would detach the pins the test wants to survive.
+#[derive(Debug)]
+pub struct Agent {
+    child: Child,
+    pin_dir: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Writes `config_toml` to a temp file, starts the agent with output
+    /// going to a log file, and waits (30 s at most) for the ready link pin.
+    pub fn start(pin_dir: &Path, config_toml: &str) -> Result<Agent> {
+        let bin = bin_checked()?;
+        let base = std::env::temp_dir().join(format!("tollgate-test-{}", crate::unique_suffix()));
+        let config = base.with_extension("toml");
+        let log = base.with_extension("log");
+        fs::write(&config, config_toml)
+            .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
+        let out =
+            File::create(&log).map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::io("duplicating log fd", e))?;
+        let child = Command::new(&bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
+        let mut agent = Agent {
+            child,
+            pin_dir: pin_dir.to_path_buf(),
+            config,
+            log,
+        };
+        let ready = pin_dir.join("v1/links").join(READY_LINK);
+        let mut exited = None;
+        let waited = cmd::wait_until("agent ready", START_TIMEOUT, || {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                exited = Some(status);
+                return true;
+            }
+            ready.exists()
+        });
+        match (waited, exited) {
+            (Ok(()), None) => Ok(agent),
+            (_, Some(status)) => Err(Error::Invalid(format!(
+                "tollgate run exited ({status}) before pinning {}; log:\n{}",
+                ready.display(),
+                agent.log()
+            ))),
+            (Err(e), None) => Err(Error::Invalid(format!(
+                "{e}: {}; log:\n{}",
+                ready.display(),
+                agent.log()
+            ))),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// SIGKILL (what `Child::kill` sends) and reap: simulates a crash, no
+    /// cleanup code in the agent runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Everything the agent printed so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill9();
+        cleanup_pins(&self.pin_dir);
+        let _ = fs::remove_file(&self.config);
+        if std::thread::panicking() {
+            // Keep the evidence for a failing test (libtest shows stderr).
+            eprintln!(
+                "agent log kept at {}:\n{}",
+                self.log.display(),
+                tail(&self.log(), 60)
+            );
+        } else {
+            let _ = fs::remove_file(&self.log);
+        }
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}

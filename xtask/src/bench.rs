@@ -1,0 +1,287 @@
+//! `cargo xtask bench dataplane`, throughput half: how much the attached
+//! cgroup_skb programs cost real traffic. Two network namespaces joined by a
+//! veth carry iperf3 traffic; runs alternate between "agent attached" and
+//! "nothing attached" so drift on the host hits both sides equally.
+//!
+//! Every resource (namespaces, iperf3 server, agent process, pins) is owned by
+//! a guard whose Drop releases it, so errors and panics leave nothing behind.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+
+mod traffic;
+
+use crate::{cmd, setup};
+use traffic::{Netns, Server, tcp_bits_per_second, udp_packets_per_second, wait_bounded};
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Data-plane overhead: TCP throughput and 64-byte UDP packet rate
+    /// between two namespaces, without and with the agent attached.
+    Dataplane(DataplaneArgs),
+}
+
+#[derive(Args)]
+pub struct DataplaneArgs {
+    /// Alternating without/with pairs per metric; medians need several.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(5..=50))]
+    pairs: u32,
+    /// Duration of each iperf3 run, in seconds.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=60))]
+    seconds: u32,
+    /// Use this agent binary instead of building target/release/tollgate.
+    #[arg(long)]
+    bin: Option<PathBuf>,
+}
+
+const PIN_DIR: &str = "/sys/fs/bpf/tollgate-bench";
+/// The first link the agent pins (the brief's readiness signal).
+const LINK_PIN: &str = "v1/links/tg_skb_egress";
+/// The agent binds its API socket only after every program is attached
+/// (agent/src/run.rs), so link pin + socket = fully attached.
+const SOCKET: &str = "/run/tollgate-bench.sock";
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn run(bench: Bench) -> Result<()> {
+    match bench {
+        // The per-packet half (BPF_PROG_TEST_RUN, written in the agent) joins
+        // this arm, so both halves report under one command.
+        Bench::Dataplane(args) => dataplane(&args),
+    }
+}
+
+fn dataplane(args: &DataplaneArgs) -> Result<()> {
+    ensure_root()?;
+    setup::run()?;
+    let bin = match &args.bin {
+        Some(b) => b
+            .canonicalize()
+            .with_context(|| format!("--bin {}", b.display()))?,
+        None => cmd::build_agent()?,
+    };
+    // Pins left by an interrupted run would keep the programs attached and
+    // turn every "without" sample into a "with" sample.
+    if Path::new(PIN_DIR).exists() {
+        eprintln!("bench: removing pins left by an earlier run");
+        detach(&bin)?;
+    }
+
+    // Declaration order = reverse drop order: agent, then server, then namespaces.
+    let _net = Netns::create()?;
+    let _server = Server::start()?;
+    let mut agent: Option<Agent> = None;
+
+    let (mut tcp, mut udp) = (Samples::default(), Samples::default());
+    for pair in 0..args.pairs {
+        // ABBA order (off,on,on,off,...) cancels order effects such as a warm
+        // cache after the first run, and halves the agent restarts.
+        let order = if pair % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for attached in order {
+            match (attached, agent.is_some()) {
+                (true, false) => agent = Some(Agent::start(&bin)?),
+                (false, true) => agent.take().expect("checked is_some").stop()?,
+                _ => {}
+            }
+            let bps = tcp_bits_per_second(args.seconds)?;
+            let pps = udp_packets_per_second(args.seconds)?;
+            let state = if attached { "with" } else { "without" };
+            eprintln!(
+                "bench: pair {}/{} {state:>7}: TCP {:.2} Gbit/s, UDP 64 B {:.1} kpps",
+                pair + 1,
+                args.pairs,
+                bps / 1e9,
+                pps / 1e3
+            );
+            tcp.push(attached, bps);
+            udp.push(attached, pps);
+        }
+    }
+    if let Some(a) = agent.take() {
+        a.stop()?;
+    }
+
+    println!(
+        "\ndata-plane throughput, median of {} runs each ({} s per run)\n",
+        args.pairs, args.seconds
+    );
+    println!(
+        "{:<16} | {:>13} | {:>13} | {:>6} | target",
+        "metric", "without", "with", "ratio"
+    );
+    println!("{}", "-".repeat(16 + 3 + 13 + 3 + 13 + 3 + 6 + 3 + 14));
+    tcp.row("TCP throughput", |v| format!("{:.2} Gbit/s", v / 1e9), 0.99);
+    udp.row("UDP 64 B rate", |v| format!("{:.1} kpps", v / 1e3), 0.97);
+    Ok(())
+}
+
+#[derive(Default)]
+struct Samples {
+    without: Vec<f64>,
+    with: Vec<f64>,
+}
+
+impl Samples {
+    fn push(&mut self, attached: bool, v: f64) {
+        if attached {
+            &mut self.with
+        } else {
+            &mut self.without
+        }
+        .push(v);
+    }
+
+    fn row(&self, name: &str, fmt: impl Fn(f64) -> String, target: f64) {
+        let (off, on) = (median(&self.without), median(&self.with));
+        let ratio = on / off;
+        let verdict = if ratio >= target { "ok" } else { "BELOW" };
+        println!(
+            "{name:<16} | {:>13} | {:>13} | {ratio:>6.3} | >= {target} {verdict}",
+            fmt(off),
+            fmt(on)
+        );
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+fn ensure_root() -> Result<()> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1));
+    if euid != Some("0") {
+        bail!(
+            "bench dataplane creates network namespaces and attaches BPF programs: run it as root"
+        );
+    }
+    Ok(())
+}
+
+/// A running `tollgate run` attached at the cgroup v2 root. Stopping it is
+/// not enough to detach: its links are pinned, so `tollgate detach` removes
+/// the pins too. Drop does both if `stop` was not reached.
+struct Agent {
+    child: Child,
+    bin: PathBuf,
+    stopped: bool,
+}
+
+impl Agent {
+    fn start(bin: &Path) -> Result<Self> {
+        let link = Path::new(PIN_DIR).join(LINK_PIN);
+        if link.exists() {
+            bail!(
+                "{} exists before the agent started; `tollgate detach` did not detach",
+                link.display()
+            );
+        }
+        // The agent's logs would break up the progress lines; keep them in a
+        // file next to the binary and point at it when something goes wrong.
+        let log_path = bin.with_file_name("tollgate-bench.log");
+        let log =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        // A socket left by a killed agent would look like readiness.
+        match std::fs::remove_file(SOCKET) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing stale {SOCKET}"));
+            }
+            _ => {}
+        }
+        let mut c = Command::new(bin);
+        // Own socket and an ephemeral loopback metrics port, so the bench
+        // agent cannot collide with an agent already running on this host.
+        c.args(["run", "--pin-dir", PIN_DIR, "--socket", SOCKET])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .env("NO_COLOR", "1"); // plain text in the log file
+        eprintln!("+ {c:?} > {}", log_path.display());
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut agent = Agent {
+            child,
+            bin: bin.to_owned(),
+            stopped: false,
+        };
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        while !(link.exists() && Path::new(SOCKET).exists()) {
+            if let Some(st) = agent.child.try_wait()? {
+                bail!(
+                    "tollgate exited with {st} before attaching; see {}",
+                    log_path.display()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} and {SOCKET} did not both appear within {ATTACH_TIMEOUT:?}; see {}",
+                    link.display(),
+                    log_path.display()
+                );
+            }
+            sleep(Duration::from_millis(100));
+        }
+        Ok(agent)
+    }
+
+    fn stop(mut self) -> Result<()> {
+        let r = self.shutdown();
+        // On failure Drop tries once more, which is all cleanup can do.
+        self.stopped = r.is_ok();
+        r
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.child.try_wait()?.is_none() {
+            // SIGTERM first: the agent's graceful path is what production uses.
+            cmd::check(Command::new("kill").args(["-s", "TERM", &self.child.id().to_string()]))?;
+            if wait_bounded(&mut self.child, STOP_TIMEOUT)?.is_none() {
+                eprintln!("bench: tollgate ignored SIGTERM for {STOP_TIMEOUT:?}; killed it");
+            }
+        }
+        detach(&self.bin)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if !self.stopped
+            && let Err(e) = self.shutdown()
+        {
+            eprintln!("bench: cleanup: {e:#}");
+        }
+    }
+}
+
+/// Removes the bench pins (and so detaches the programs), then checks that
+/// the link pin is really gone.
+fn detach(bin: &Path) -> Result<()> {
+    cmd::check(Command::new(bin).args(["detach", "--pin-dir", PIN_DIR]))?;
+    let link = Path::new(PIN_DIR).join(LINK_PIN);
+    if link.exists() {
+        bail!("{} still exists after `tollgate detach`", link.display());
+    }
+    Ok(())
+}

@@ -1,0 +1,134 @@
+//! `cargo xtask setup`: install what building and testing Tollgate needs on a
+//! fresh Debian 12 host where we are root. Each step checks first and only
+//! acts on what is missing, so a second run changes nothing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::cmd;
+
+/// Debian packages, with why each one is needed.
+const APT_PACKAGES: &[(&str, &str)] = &[
+    ("llvm-22-dev", "bpf-linker build"),
+    ("libpolly-22-dev", "bpf-linker build"),
+    ("libzstd-dev", "bpf-linker build"),
+    ("zlib1g-dev", "bpf-linker build"),
+    ("iproute2", "test/bench namespaces (ip, ss)"),
+    ("iperf3", "bench traffic"),
+    ("nftables", "tests"),
+    ("bpftool", "inspecting programs and maps"),
+    ("curl", "tests (metrics, control API)"),
+    ("util-linux", "nsenter, unshare"),
+    ("libcap2-bin", "capsh"),
+    ("procps", "kill, pgrep"),
+];
+
+/// LLVM the bpf-linker feature below links against; must match APT_PACKAGES.
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn run() -> Result<()> {
+    apt()?;
+    rust_src()?;
+    bpf_linker()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn apt() -> Result<()> {
+    let mut missing = Vec::new();
+    for &(pkg, why) in APT_PACKAGES {
+        let out = cmd::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))?
+            .context("dpkg-query not found: setup supports Debian-based hosts only")?;
+        if String::from_utf8_lossy(&out.stdout).contains("install ok installed") {
+            eprintln!("setup: apt {pkg}: present");
+        } else {
+            eprintln!("setup: apt {pkg}: missing (needed for {why})");
+            missing.push(pkg);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    cmd::check(Command::new("apt-get").arg("update"))?;
+    cmd::check(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn rust_src() -> Result<()> {
+    let toolchains = stdout_of(Command::new("rustup").args(["toolchain", "list"]))?;
+    // A generic `nightly-<host>` toolchain, not a dated `nightly-2026-...` one:
+    // agent/build.rs builds the eBPF programs with `+nightly`.
+    let has_nightly = toolchains.lines().any(|l| {
+        l.split_whitespace()
+            .next()
+            .and_then(|t| t.strip_prefix("nightly-"))
+            .is_some_and(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()))
+    });
+    if !has_nightly {
+        bail!(
+            "rustup has no `nightly` toolchain; the eBPF programs need it. Install it with \
+             `rustup toolchain install nightly --profile minimal` and rerun setup"
+        );
+    }
+    let installed = stdout_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))?;
+    if installed.lines().any(|l| l.trim().starts_with("rust-src")) {
+        eprintln!("setup: rust-src (nightly): present");
+        return Ok(());
+    }
+    eprintln!("setup: rust-src (nightly): missing (needed to build core for bpfel-unknown-none)");
+    cmd::check(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        "nightly",
+    ]))
+}
+
+fn bpf_linker() -> Result<()> {
+    let candidates = [
+        Some(PathBuf::from("bpf-linker")),
+        cmd::cargo_bin_dir().map(|d| d.join("bpf-linker")),
+    ];
+    for bin in candidates.into_iter().flatten() {
+        if let Some(out) = cmd::probe(Command::new(&bin).arg("--version"))?
+            && out.status.success()
+        {
+            let version = String::from_utf8_lossy(&out.stdout);
+            eprintln!(
+                "setup: bpf-linker: present ({}, {})",
+                version.trim(),
+                bin.display()
+            );
+            return Ok(());
+        }
+    }
+    eprintln!("setup: bpf-linker: missing, building it against LLVM 22 (takes a few minutes)");
+    cmd::check(cmd::cargo().env("LLVM_PREFIX", LLVM_PREFIX).args([
+        "install",
+        "bpf-linker",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]))
+}
+
+fn stdout_of(c: &mut Command) -> Result<String> {
+    let out = cmd::probe(c)?.context("rustup not found: install Rust with rustup first")?;
+    if !out.status.success() {
+        bail!("{:?} failed: {}", c, out.status);
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
