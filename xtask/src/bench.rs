@@ -51,8 +51,6 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
-        // The per-packet half (BPF_PROG_TEST_RUN, written in the agent) joins
-        // this arm, so both halves report under one command.
         Bench::Dataplane(args) => dataplane(&args),
     }
 }
@@ -72,6 +70,8 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
         eprintln!("bench: removing pins left by an earlier run");
         detach(&bin)?;
     }
+
+    per_packet(&bin)?;
 
     // Declaration order = reverse drop order: agent, then server, then namespaces.
     let _net = Netns::create()?;
@@ -122,6 +122,45 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
     println!("{}", "-".repeat(16 + 3 + 13 + 3 + 13 + 3 + 6 + 3 + 14));
     tcp.row("TCP throughput", |v| format!("{:.2} Gbit/s", v / 1e9), 0.99);
     udp.row("UDP 64 B rate", |v| format!("{:.1} kpps", v / 1e3), 0.97);
+    Ok(())
+}
+
+/// Per-packet half: `tollgate bench-prog` runs the egress program and a
+/// baseline (one per-CPU array increment) through BPF_PROG_TEST_RUN, 1e6
+/// repeats per round, alternating, and reports medians.
+fn per_packet(bin: &Path) -> Result<()> {
+    let out = Command::new(bin)
+        .args(["bench-prog", "--repeat", "1000000", "--rounds", "7"])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {} bench-prog", bin.display()))?;
+    if !out.status.success() {
+        bail!("{} bench-prog failed: {}", bin.display(), out.status);
+    }
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).context("parsing bench-prog output")?;
+    println!(
+        "
+per-packet cost (BPF_PROG_TEST_RUN, repeat 1e6, median of 7 alternating rounds)
+"
+    );
+    println!(
+        "{:<12} | {:>12} | {:>12} | {:>6} | target",
+        "frame", "baseline ns", "egress ns", "ratio"
+    );
+    println!("{}", "-".repeat(12 + 3 + 12 + 3 + 12 + 3 + 6 + 3 + 8));
+    for r in rows {
+        let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+        let ratio = f("ratio");
+        println!(
+            "{:<12} | {:>12.1} | {:>12.1} | {:>6.2} | <= 1.5{}",
+            format!("{} B", f("frame_bytes")),
+            f("baseline_ns"),
+            f("egress_ns"),
+            ratio,
+            if ratio <= 1.5 { "" } else { " BELOW" }
+        );
+    }
     Ok(())
 }
 

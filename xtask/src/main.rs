@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod live;
 mod setup;
 
 use std::os::unix::process::CommandExt as _;
@@ -44,6 +45,16 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// The main job: build, run the agent at the cgroup v2 root and show the
+    /// live per-cgroup view (`tollgate top`) until q; then stop and detach.
+    Live {
+        /// Without a terminal: how long to print snapshots.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Keep the programs attached and the pins after exiting.
+        #[arg(long)]
+        keep: bool,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -61,6 +72,7 @@ fn main() -> Result<ExitCode> {
         }
         Cmd::Lint => lint().map(|()| ExitCode::SUCCESS),
         Cmd::Run { args } => run(&args),
+        Cmd::Live { seconds, keep } => live::run(seconds, keep).map(|()| ExitCode::SUCCESS),
         Cmd::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
     }
 }
