@@ -15,9 +15,13 @@ pub struct ProgBenchRow {
     pub frame_bytes: usize,
     pub repeat: u32,
     pub rounds: usize,
+    /// Medians over the rounds.
     pub baseline_ns: f64,
     pub egress_ns: f64,
     pub ratio: f64,
+    /// Minima over the rounds: the least disturbed runs on a shared machine.
+    pub baseline_min_ns: f64,
+    pub egress_min_ns: f64,
 }
 
 /// An Ethernet + IPv4 + UDP frame of exactly `len` bytes (>= 42) from a
@@ -70,6 +74,8 @@ pub fn prog_bench(
                 base.push(run(dp.bench_baseline()?, &frame, repeat)?);
                 egress.push(run(dp.skb_program(true)?, &frame, repeat)?);
             }
+            let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
+            let (bmin, emin) = (min(&base), min(&egress));
             let (b, e) = (median(base), median(egress));
             rows.push(ProgBenchRow {
                 frame_bytes: size,
@@ -78,6 +84,8 @@ pub fn prog_bench(
                 baseline_ns: b,
                 egress_ns: e,
                 ratio: e / b,
+                baseline_min_ns: bmin,
+                egress_min_ns: emin,
             });
         }
         Ok(rows)

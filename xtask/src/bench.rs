@@ -130,7 +130,7 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
 /// repeats per round, alternating, and reports medians.
 fn per_packet(bin: &Path) -> Result<()> {
     let out = Command::new(bin)
-        .args(["bench-prog", "--repeat", "1000000", "--rounds", "7"])
+        .args(["bench-prog", "--repeat", "1000000", "--rounds", "11"])
         .stderr(Stdio::inherit())
         .output()
         .with_context(|| format!("running {} bench-prog", bin.display()))?;
@@ -141,23 +141,27 @@ fn per_packet(bin: &Path) -> Result<()> {
         serde_json::from_slice(&out.stdout).context("parsing bench-prog output")?;
     println!(
         "
-per-packet cost (BPF_PROG_TEST_RUN, repeat 1e6, median of 7 alternating rounds)
+per-packet cost (BPF_PROG_TEST_RUN, repeat 1e6, median of 11 alternating rounds)
 "
     );
     println!(
-        "{:<12} | {:>12} | {:>12} | {:>6} | target",
-        "frame", "baseline ns", "egress ns", "ratio"
+        "{:<12} | {:>12} | {:>12} | {:>6} | {:>16} | target",
+        "frame", "baseline ns", "egress ns", "ratio", "min base/egress"
     );
-    println!("{}", "-".repeat(12 + 3 + 12 + 3 + 12 + 3 + 6 + 3 + 8));
+    println!(
+        "{}",
+        "-".repeat(12 + 3 + 12 + 3 + 12 + 3 + 6 + 3 + 16 + 3 + 8)
+    );
     for r in rows {
         let f = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
         let ratio = f("ratio");
         println!(
-            "{:<12} | {:>12.1} | {:>12.1} | {:>6.2} | <= 1.5{}",
+            "{:<12} | {:>12.1} | {:>12.1} | {:>6.2} | {:>16} | <= 1.5{}",
             format!("{} B", f("frame_bytes")),
             f("baseline_ns"),
             f("egress_ns"),
             ratio,
+            format!("{:.0}/{:.0}", f("baseline_min_ns"), f("egress_min_ns")),
             if ratio <= 1.5 { "" } else { " BELOW" }
         );
     }
