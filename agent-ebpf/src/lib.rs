@@ -98,7 +98,10 @@ pub struct CgroupStats {
     /// Packets whose IP or transport header could not be read (truncated,
     /// garbage, unknown protocol). Also counted in bytes above.
     pub malformed: u64,
-    pub _reserved: u64,
+    /// Connection events of this cgroup that did not fit in the ring buffer
+    /// (also in [`Counter::RingbufDrops`]); the pair is reported again on
+    /// its next connect or sendmsg.
+    pub events_dropped: u64,
 }
 const _: () = assert!(core::mem::size_of::<CgroupStats>() == 96);
 

@@ -110,5 +110,6 @@ impl core::ops::AddAssign for CgroupStats {
         self.connects = self.connects.wrapping_add(o.connects);
         self.new_peers = self.new_peers.wrapping_add(o.new_peers);
         self.malformed = self.malformed.wrapping_add(o.malformed);
+        self.events_dropped = self.events_dropped.wrapping_add(o.events_dropped);
     }
 }

@@ -48,6 +48,7 @@ pub struct CgroupRow {
     pub connects: u64,
     pub new_peers: u64,
     pub malformed: u64,
+    pub events_dropped: u64,
     pub destinations: Vec<Destination>,
 }
 

@@ -75,6 +75,8 @@ fn exact_accounting(v6: bool) {
     const K2: u64 = 25;
     const S2: u64 = 60;
     const KB: u64 = 7;
+    const K3: u64 = 5;
+    const S3: u64 = 3000;
     const N: u64 = 3_000_000;
     let topo = Topology::builder().pods(2).build().expect("topology");
     let pins = TestPinDir::new().expect("pin dir");
@@ -131,7 +133,13 @@ fn exact_accounting(v6: bool) {
     );
     assert_eq!(b_before.egress.external.packets, KB);
 
-    for (to, port, k, size) in [(net, 9000u16, K, S), (svc, 9001, K2, S2)] {
+    // The 3000-byte datagrams are fragmented on the wire; the cgroup hook
+    // (like nft's output hook) sees each one whole, before fragmentation.
+    for (to, port, k, size) in [
+        (net, 9000u16, K, S),
+        (svc, 9001, K2, S2),
+        (net, 9003, K3, S3),
+    ] {
         let host = if to == net {
             topo.internet()
         } else {
@@ -199,8 +207,11 @@ fn exact_accounting(v6: bool) {
             bytes: K2 * (S2 + udp_overhead(svc))
         }
     );
-    assert_eq!(ext_out.packets, K + tcp_out.packets);
-    assert_eq!(ext_out.bytes, K * (S + udp_overhead(net)) + tcp_out.bytes);
+    assert_eq!(ext_out.packets, K + K3 + tcp_out.packets);
+    assert_eq!(
+        ext_out.bytes,
+        K * (S + udp_overhead(net)) + K3 * (S3 + udp_overhead(net)) + tcp_out.bytes
+    );
     assert!(tcp_out.bytes > N, "TCP carried the payload: {tcp_out:?}");
 
     let id = a.cgroup.id();
@@ -263,9 +274,10 @@ fn exact_accounting(v6: bool) {
                 .any(|e| e.ip() == Some(ip) && e.port == port && e.kind == kind)
         );
     }
-    assert_eq!(ev.len(), 3, "no other events for pod A: {ev:?}");
+    assert_eq!(ev.len(), 4, "no other events for pod A: {ev:?}");
     assert_eq!(r.connects, 1, "one connect() call");
-    assert_eq!(r.new_peers, 3);
+    assert_eq!(r.new_peers, 4);
+    assert_eq!(r.events_dropped, 0);
 
     // Pod B did not move.
     assert_eq!(
@@ -337,5 +349,87 @@ fn counters_survive_agent_sigkill() {
     assert!(
         seen[1] > seen[0] && seen[2] > seen[1],
         "kernel counted while the agent was down: {seen:?}"
+    );
+}
+
+/// A ring buffer far too small for a burst of new peers: every pair is
+/// either delivered as an event or counted as dropped, per cgroup.
+#[test]
+fn connection_event_drops_are_counted_not_silent() {
+    privileged!("nft");
+    const PORTS: u64 = 600;
+    let topo = Topology::builder().pods(1).build().expect("topology");
+    let pins = TestPinDir::new().expect("pin dir");
+    let config = format!("{CONFIG}\n[maps]\nconn_events_bytes = 4096\n");
+    let _agent = Agent::start(pins.path(), &config).expect("agent starts");
+    let pod = topo.pod(0);
+    let to = SocketAddr::new(IpAddr::V4(topo.internet().v4), 20000).to_string();
+    pod.run(
+        &[
+            TRAFFIC,
+            "udp-send",
+            "--to",
+            &to,
+            "--count",
+            "1",
+            "--size",
+            "8",
+            "--ports",
+            &PORTS.to_string(),
+        ],
+        WAIT,
+    )
+    .expect("udp-send to many ports");
+    let id = pod.cgroup.id();
+    let t = top_until(&pins, |t| {
+        let r = row(t, id);
+        r.new_peers + r.events_dropped == PORTS && t.events_for(id).count() as u64 == r.new_peers
+    });
+    let r = row(&t, id);
+    assert_eq!(
+        r.new_peers + r.events_dropped,
+        PORTS,
+        "every new peer is an event or a counted drop"
+    );
+    assert!(
+        r.events_dropped > 0,
+        "a 4 KiB ring cannot hold {PORTS} events between drains"
+    );
+    assert_eq!(
+        t.events_for(id).count() as u64,
+        r.new_peers,
+        "every reserved event reached the agent"
+    );
+    assert!(t.counters.ringbuf_drops >= r.events_dropped);
+    assert_eq!(
+        r.egress.external.packets, PORTS,
+        "and every datagram was counted"
+    );
+}
+
+/// `tollgate check` finds every required feature on this kernel and says so.
+#[test]
+fn check_reports_required_features() {
+    privileged!();
+    let out = std::process::Command::new(tollgate_tests::agent::tollgate_bin())
+        .args(["check", "--json"])
+        .output()
+        .expect("tollgate check runs");
+    assert!(
+        out.status.success(),
+        "check failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let probes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let required: Vec<_> = probes.iter().filter(|p| p["required"] == true).collect();
+    assert!(required.len() >= 10, "{probes:?}");
+    assert!(
+        required.iter().all(|p| p["available"] == true),
+        "{probes:?}"
+    );
+    assert!(
+        probes
+            .iter()
+            .any(|p| p["feature"].as_str().is_some_and(|f| f.contains("batch")))
     );
 }

@@ -99,6 +99,10 @@ fn on_addr(ctx: &SockAddrContext, v6: bool, kind: u8) {
     }
     let Some(mut entry) = CONN_EVENTS.reserve::<ConnEvent>(0) else {
         bump(Counter::RingbufDrops);
+        if let Some(s) = slot {
+            // SAFETY: live map value; field address only.
+            add(unsafe { &raw mut (*s).events_dropped }, 1);
+        }
         // Forget the pair so the next call reports it again.
         let _ = CONN_SEEN.remove(&key);
         return;

@@ -139,6 +139,7 @@ impl Collector {
                     connects: s.connects,
                     new_peers: s.new_peers,
                     malformed: s.malformed,
+                    events_dropped: s.events_dropped,
                     rates,
                     destinations: dests.iter().map(|(k, f)| Destination::new(k, f)).collect(),
                 }

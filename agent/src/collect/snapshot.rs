@@ -95,6 +95,8 @@ pub struct CgroupRow {
     pub connects: u64,
     pub new_peers: u64,
     pub malformed: u64,
+    /// Connection events lost to a full ring buffer (counted, not silent).
+    pub events_dropped: u64,
     pub rates: Rates,
     pub destinations: Vec<Destination>,
 }

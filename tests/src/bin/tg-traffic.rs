@@ -42,6 +42,10 @@ enum Cmd {
         interval_ms: u64,
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
+        /// Send COUNT datagrams to each of PORTS consecutive ports starting
+        /// at the port of --to (nobody needs to listen: many new peers).
+        #[arg(long, default_value_t = 1)]
+        ports: u16,
     },
     /// Receive until COUNT datagrams or the timeout; print the count.
     UdpSink {
@@ -114,12 +118,14 @@ fn run(cmd: Cmd) -> Result<()> {
             size,
             interval_ms,
             timeout_s,
+            ports,
         } => udp_send(
             to,
             count,
             size,
             Duration::from_millis(interval_ms),
             secs(timeout_s),
+            ports,
         ),
         Cmd::UdpSink {
             listen,
@@ -179,14 +185,19 @@ fn udp_send(
     size: usize,
     interval: Duration,
     timeout: Duration,
+    ports: u16,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let sock = ctx("bind", UdpSocket::bind(any_for(to)))?;
     let buf = payload(size);
-    for i in 0..count {
+    let targets: Vec<SocketAddr> = (0..ports.max(1))
+        .map(|i| SocketAddr::new(to.ip(), to.port().wrapping_add(i)))
+        .collect();
+    for i in 0..count * targets.len() as u64 {
         if Instant::now() >= deadline {
-            return Err(format!("timed out after {i} of {count} datagrams"));
+            return Err(format!("timed out after {i} datagrams"));
         }
+        let to = targets[(i % targets.len() as u64) as usize];
         let n = ctx(
             &format!("send_to {to} (datagram {i})"),
             sock.send_to(&buf, to),
@@ -194,11 +205,11 @@ fn udp_send(
         if n != size {
             return Err(format!("datagram {i}: sent {n} of {size} bytes"));
         }
-        if !interval.is_zero() && i + 1 < count {
+        if !interval.is_zero() && i + 1 < count * targets.len() as u64 {
             thread::sleep(interval);
         }
     }
-    say(format!("sent {count}"));
+    say(format!("sent {}", count * targets.len() as u64));
     Ok(())
 }
 
