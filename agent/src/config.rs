@@ -42,6 +42,22 @@ pub struct Config {
     pub agent: AgentConfig,
     pub network: NetworkConfig,
     pub maps: MapConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: the Prometheus endpoint's budget.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Most per-pod series in one scrape (pods with the most egress first);
+    /// the rest are counted in `tollgate_metrics_series_dropped`.
+    pub max_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self { max_series: 50_000 }
+    }
 }
 
 /// `[agent]`: how the agent runs.
@@ -210,6 +226,13 @@ impl Config {
                     why: format!("must be between {min} and {max}"),
                 });
             }
+        }
+        if self.metrics.max_series < 12 {
+            return Err(ConfigError::Invalid {
+                key: "metrics.max_series",
+                value: self.metrics.max_series.to_string(),
+                why: "must be at least 12 (one pod's series)".into(),
+            });
         }
         let rb = m.conn_events_bytes;
         if rb < 4096 || !rb.is_power_of_two() || rb > 1 << 30 {

@@ -13,6 +13,7 @@ use crate::{
     collect::Collector,
     config::Config,
     ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir},
+    metrics::{self, Capacity, Metrics},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,10 @@ pub enum RunError {
     Dataplane(#[from] DataplaneError),
     #[error("local API socket {0}: {1}")]
     Api(PathBuf, #[source] std::io::Error),
+    #[error(
+        "cannot listen on {0} for metrics: {1}; pick a free address with --metrics-addr or agent.metrics_addr"
+    )]
+    Metrics(std::net::SocketAddr, #[source] std::io::Error),
     #[error("signal handler: {0}")]
     Signal(#[source] std::io::Error),
 }
@@ -55,6 +60,21 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
 
     let (tx, rx) = watch::channel(None);
     let socket = opts.socket.clone();
+    let metrics_addr = cfg.agent.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .map_err(|e| RunError::Metrics(metrics_addr, e))?;
+    let metrics = Arc::new(Metrics::new(
+        rx.clone(),
+        node_name(),
+        cfg.metrics.max_series,
+        Capacity {
+            cgroup_stats: cfg.maps.cgroup_stats_entries,
+            flows: cfg.maps.flow_entries,
+        },
+    ));
+    tracing::info!(addr = %listener.local_addr().unwrap_or(metrics_addr), "serving /metrics");
+    let mut metrics_server = tokio::spawn(metrics::serve(listener, metrics.clone()));
     let mut server = tokio::spawn(api::serve(socket.clone(), rx));
 
     let mut term =
@@ -68,6 +88,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                 let started = std::time::Instant::now();
                 match collector.tick() {
                     Ok(snap) => {
+                        metrics.observe_tick(started.elapsed(), snap.cgroups.len());
                         tracing::debug!(
                             cgroups = snap.cgroups.len(),
                             events = snap.events.len(),
@@ -87,6 +108,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                 };
                 return Err(RunError::Api(socket, err));
             }
+            res = &mut metrics_server => {
+                let err = match res {
+                    Ok(Ok(())) => std::io::Error::other("server stopped"),
+                    Ok(Err(e)) => e,
+                    Err(e) => std::io::Error::other(e.to_string()),
+                };
+                return Err(RunError::Metrics(metrics_addr, err));
+            }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -95,4 +124,15 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     let _ = std::fs::remove_file(&socket);
     drop(dp);
     Ok(())
+}
+
+/// This node's name: NODE_NAME (set from the downward API in the
+/// DaemonSet), else the host name.
+pub fn node_name() -> String {
+    std::env::var("NODE_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
+        .map(|n| n.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
 }

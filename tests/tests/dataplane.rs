@@ -25,6 +25,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const CONFIG: &str = r#"
 [agent]
 tick = "200ms"
+metrics_addr = "127.0.0.1:0"
 [network]
 internal_cidrs = ["198.18.0.0/16", "2001:db8:c::/48"]
 "#;
@@ -432,4 +433,76 @@ fn check_reports_required_features() {
             .iter()
             .any(|p| p["feature"].as_str().is_some_and(|f| f.contains("batch")))
     );
+}
+
+/// The agent's address for /metrics, from its log line (tests bind port 0).
+fn metrics_addr(agent: &Agent) -> String {
+    let mut addr = None;
+    let _ = wait_until("metrics address in the log", WAIT, || {
+        addr = agent
+            .log()
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned());
+        addr.is_some()
+    });
+    addr.expect("agent logged its metrics address")
+}
+
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+/// /metrics carries the same exact counts as `tollgate top`, per pod.
+#[test]
+fn metrics_endpoint_exports_exact_pod_counters() {
+    privileged!();
+    const K: u64 = 12;
+    const S: u64 = 90;
+    let topo = Topology::builder().pods(1).build().expect("topology");
+    let pins = TestPinDir::new().expect("pin dir");
+    let agent = Agent::start(pins.path(), CONFIG).expect("agent starts");
+    let pod = topo.pod(0);
+    let to = SocketAddr::new(IpAddr::V4(topo.internet().v4), 9300).to_string();
+    pod.run(
+        &[
+            TRAFFIC,
+            "udp-send",
+            "--to",
+            &to,
+            "--count",
+            &K.to_string(),
+            "--size",
+            &S.to_string(),
+        ],
+        WAIT,
+    )
+    .expect("udp-send");
+    let addr = metrics_addr(&agent);
+    assert!(http_get(&addr, "/healthz").ends_with("ok\n"));
+    let want = format!(
+        "pod=\"{}\",class=\"default\",node=\"{}\",direction=\"egress\",scope=\"external\"}} {}",
+        pod.cgroup.rel_path(),
+        tollgate::run::node_name(),
+        K * (S + 28)
+    );
+    let mut body = String::new();
+    let _ = wait_until("pod bytes in /metrics", WAIT, || {
+        body = http_get(&addr, "/metrics");
+        body.lines()
+            .any(|l| l.starts_with("tollgate_pod_network_bytes_total{") && l.ends_with(&want))
+    });
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("tollgate_pod_network_bytes_total{") && l.ends_with(&want)),
+        "no line ending with {want:?} in:\n{body}"
+    );
+    assert!(body.contains("# TYPE tollgate_agent_tick_duration_seconds histogram"));
+    assert!(body.contains("tollgate_map_fill_ratio{map=\"cgroup_stats\"}"));
 }
