@@ -108,3 +108,49 @@ fn run(p: &aya::programs::CgroupSkb, frame: &[u8], repeat: u32) -> Result<f64, D
     // The kernel reports the mean duration of one run.
     Ok(r.duration.as_nanos() as f64)
 }
+
+#[derive(Debug, Serialize)]
+pub struct DrainBenchRow {
+    pub cgroups: usize,
+    pub flows: usize,
+    pub rounds: usize,
+    /// Median time to read every cgroup entry and every flow, milliseconds.
+    pub batch_ms: f64,
+    pub per_key_ms: f64,
+    /// per_key / batch.
+    pub speedup: f64,
+}
+
+/// `tollgate bench-drain`: reads the pinned cgroup and flow maps of a
+/// running agent with batch lookups and with per-key iteration,
+/// alternating, and reports medians.
+pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, DataplaneError> {
+    let maps = crate::ebpf::PinnedMaps::open(pins)?;
+    let io = |e: std::io::Error| DataplaneError::Io {
+        what: "draining",
+        path: pins.versioned(),
+        source: e,
+    };
+    let (mut batch, mut per_key) = (Vec::new(), Vec::new());
+    let (mut cgroups, mut flows) = (0, 0);
+    for _ in 0..rounds.max(1) {
+        let t = std::time::Instant::now();
+        cgroups = maps.cgroup_stats_batch().map_err(io)?.len();
+        flows = maps.flows_batch().map_err(io)?.len();
+        batch.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = std::time::Instant::now();
+        let c = maps.cgroup_stats_per_key().map_err(io)?.len();
+        let f = maps.flows_per_key().map_err(io)?.len();
+        per_key.push(t.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box((c, f));
+    }
+    let (b, p) = (median(batch), median(per_key));
+    Ok(DrainBenchRow {
+        cgroups,
+        flows,
+        rounds,
+        batch_ms: b,
+        per_key_ms: p,
+        speedup: p / b,
+    })
+}

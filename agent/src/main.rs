@@ -80,6 +80,14 @@ enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/tollgate-bench-prog")]
         pin_dir: String,
     },
+    /// Time draining a running agent's maps, batch vs per key (for `cargo xtask bench scale`).
+    #[command(hide = true)]
+    BenchDrain {
+        #[arg(long, default_value_t = 9)]
+        rounds: usize,
+        #[arg(long)]
+        pin_dir: PathBuf,
+    },
     /// Remove Tollgate's pins: detaches the programs (counters are lost).
     Detach {
         #[command(flatten)]
@@ -225,6 +233,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::BenchDrain { rounds, pin_dir } => {
+            match tollgate::bench::drain_bench(&PinDir::new(pin_dir), rounds) {
+                Ok(row) => {
+                    println!("{}", serde_json::to_string_pretty(&row).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Detach { common } => {
             let cfg = match load_config(&common) {
                 Ok(c) => c,

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
+mod scale;
 mod traffic;
 
 use crate::{cmd, setup};
@@ -25,6 +26,9 @@ pub enum Bench {
     /// Data-plane overhead: TCP throughput and 64-byte UDP packet rate
     /// between two namespaces, without and with the agent attached.
     Dataplane(DataplaneArgs),
+    /// Agent cost with 110, 1,000 and 10,000 cgroups carrying traffic:
+    /// drain time (batch vs per key), CPU per tick, RSS, series.
+    Scale(scale::ScaleArgs),
 }
 
 #[derive(Args)]
@@ -52,6 +56,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Dataplane(args) => dataplane(&args),
+        Bench::Scale(args) => scale::run(&args),
     }
 }
 
@@ -68,7 +73,7 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
     // turn every "without" sample into a "with" sample.
     if Path::new(PIN_DIR).exists() {
         eprintln!("bench: removing pins left by an earlier run");
-        detach(&bin)?;
+        detach(&bin, PIN_DIR)?;
     }
 
     per_packet(&bin)?;
@@ -206,7 +211,7 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-fn ensure_root() -> Result<()> {
+pub(crate) fn ensure_root() -> Result<()> {
     let status =
         std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let euid = status
@@ -224,15 +229,27 @@ fn ensure_root() -> Result<()> {
 /// A running `tollgate run` attached at the cgroup v2 root. Stopping it is
 /// not enough to detach: its links are pinned, so `tollgate detach` removes
 /// the pins too. Drop does both if `stop` was not reached.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     bin: PathBuf,
+    pin_dir: &'static str,
     stopped: bool,
+    log_path: PathBuf,
 }
 
 impl Agent {
     fn start(bin: &Path) -> Result<Self> {
-        let link = Path::new(PIN_DIR).join(LINK_PIN);
+        Self::start_with(bin, PIN_DIR, SOCKET, &[])
+    }
+
+    /// Starts `tollgate run` with its own pins, socket and extra flags.
+    pub(crate) fn start_with(
+        bin: &Path,
+        pin_dir: &'static str,
+        socket: &'static str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let link = Path::new(pin_dir).join(LINK_PIN);
         if link.exists() {
             bail!(
                 "{} exists before the agent started; `tollgate detach` did not detach",
@@ -241,21 +258,25 @@ impl Agent {
         }
         // The agent's logs would break up the progress lines; keep them in a
         // file next to the binary and point at it when something goes wrong.
-        let log_path = bin.with_file_name("tollgate-bench.log");
+        let name = Path::new(pin_dir)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned());
+        let log_path = bin.with_file_name(format!("{}.log", name.unwrap_or_default()));
         let log =
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         // A socket left by a killed agent would look like readiness.
-        match std::fs::remove_file(SOCKET) {
+        match std::fs::remove_file(socket) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing stale {SOCKET}"));
+                return Err(e).with_context(|| format!("removing stale {socket}"));
             }
             _ => {}
         }
         let mut c = Command::new(bin);
         // Own socket and an ephemeral loopback metrics port, so the bench
         // agent cannot collide with an agent already running on this host.
-        c.args(["run", "--pin-dir", PIN_DIR, "--socket", SOCKET])
+        c.args(["run", "--pin-dir", pin_dir, "--socket", socket])
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(extra)
             .env("NO_COLOR", "1"); // plain text in the log file
         eprintln!("+ {c:?} > {}", log_path.display());
         let child = c
@@ -267,10 +288,12 @@ impl Agent {
         let mut agent = Agent {
             child,
             bin: bin.to_owned(),
+            pin_dir,
             stopped: false,
+            log_path: log_path.clone(),
         };
         let deadline = Instant::now() + ATTACH_TIMEOUT;
-        while !(link.exists() && Path::new(SOCKET).exists()) {
+        while !(link.exists() && Path::new(socket).exists()) {
             if let Some(st) = agent.child.try_wait()? {
                 bail!(
                     "tollgate exited with {st} before attaching; see {}",
@@ -279,7 +302,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "{} and {SOCKET} did not both appear within {ATTACH_TIMEOUT:?}; see {}",
+                    "{} and {socket} did not both appear within {ATTACH_TIMEOUT:?}; see {}",
                     link.display(),
                     log_path.display()
                 );
@@ -289,7 +312,15 @@ impl Agent {
         Ok(agent)
     }
 
-    fn stop(mut self) -> Result<()> {
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub(crate) fn stop(mut self) -> Result<()> {
         let r = self.shutdown();
         // On failure Drop tries once more, which is all cleanup can do.
         self.stopped = r.is_ok();
@@ -304,7 +335,7 @@ impl Agent {
                 eprintln!("bench: tollgate ignored SIGTERM for {STOP_TIMEOUT:?}; killed it");
             }
         }
-        detach(&self.bin)
+        detach(&self.bin, self.pin_dir)
     }
 }
 
@@ -320,9 +351,9 @@ impl Drop for Agent {
 
 /// Removes the bench pins (and so detaches the programs), then checks that
 /// the link pin is really gone.
-fn detach(bin: &Path) -> Result<()> {
-    cmd::check(Command::new(bin).args(["detach", "--pin-dir", PIN_DIR]))?;
-    let link = Path::new(PIN_DIR).join(LINK_PIN);
+pub(crate) fn detach(bin: &Path, pin_dir: &str) -> Result<()> {
+    cmd::check(Command::new(bin).args(["detach", "--pin-dir", pin_dir]))?;
+    let link = Path::new(pin_dir).join(LINK_PIN);
     if link.exists() {
         bail!("{} still exists after `tollgate detach`", link.display());
     }

@@ -44,6 +44,45 @@ pub struct Collector {
     /// Highest flow-eviction estimate seen (the estimate can dip while
     /// entries are created during a drain).
     evictions: u64,
+    /// Overflow warnings, at most one per [`WARN_INTERVAL`].
+    warned: Warned,
+}
+
+/// How often a full map is logged while it stays full.
+const WARN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+#[derive(Default)]
+struct Warned {
+    at: Option<Instant>,
+    cgroup_full: u64,
+    evictions: u64,
+    ringbuf_drops: u64,
+}
+
+impl Warned {
+    /// Logs growth of the overflow counters, once per interval.
+    fn check(&mut self, now: Instant, cgroup_full: u64, evictions: u64, ringbuf_drops: u64) {
+        if self
+            .at
+            .is_some_and(|t| now.duration_since(t) < WARN_INTERVAL)
+        {
+            return;
+        }
+        let grew = cgroup_full > self.cgroup_full
+            || evictions > self.evictions
+            || ringbuf_drops > self.ringbuf_drops;
+        if grew {
+            tracing::warn!(
+                cgroup_map_overflows = cgroup_full - self.cgroup_full,
+                flow_evictions = evictions - self.evictions,
+                ringbuf_drops = ringbuf_drops - self.ringbuf_drops,
+                "kernel maps are full: counts go to the overflow entry, flows are evicted, events are dropped (all counted); raise the [maps] sizes"
+            );
+            self.at = Some(now);
+        }
+        (self.cgroup_full, self.evictions, self.ringbuf_drops) =
+            (cgroup_full, evictions, ringbuf_drops);
+    }
 }
 
 impl Collector {
@@ -64,6 +103,7 @@ impl Collector {
             prev_at: None,
             events: VecDeque::new(),
             evictions: 0,
+            warned: Warned::default(),
         })
     }
 
@@ -157,6 +197,12 @@ impl Collector {
             .saturating_sub(deleted)
             .saturating_sub(flows.len() as u64);
         self.evictions = self.evictions.max(est);
+        self.warned.check(
+            now,
+            counters[Counter::CgroupStatsFull as usize],
+            self.evictions,
+            counters[Counter::RingbufDrops as usize],
+        );
         let mut named: Vec<(String, u64)> = Counter::ALL
             .iter()
             .map(|c| (c.name().to_owned(), counters[*c as usize]))

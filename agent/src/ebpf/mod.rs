@@ -612,12 +612,18 @@ impl PinnedMaps {
 
     /// All cgroup counters, summed over CPUs, by batch lookup.
     pub fn cgroup_stats_batch(&self) -> io::Result<Vec<(u64, CgroupStats)>> {
-        let rows = sys::lookup_batch::<u64, CgroupStats>(
+        let mut out = Vec::new();
+        sys::lookup_batch_each::<u64, CgroupStats>(
             self.cgroup_stats.map().fd().as_fd(),
             sys::Values::PerCpu(self.ncpu),
             BATCH,
+            |k, per_cpu| {
+                let mut t = CgroupStats::default();
+                per_cpu.for_each(|v| t += v);
+                out.push((k, t));
+            },
         )?;
-        Ok(rows.into_iter().map(|(k, v)| (k, sum(&v))).collect())
+        Ok(out)
     }
 
     /// The same by per-key iteration (fallback for kernels without batch
@@ -634,15 +640,14 @@ impl PinnedMaps {
 
     /// All flows by batch lookup.
     pub fn flows_batch(&self) -> io::Result<Vec<(PeerKey, FlowStats)>> {
-        let rows = sys::lookup_batch::<PeerKey, FlowStats>(
+        let mut out = Vec::new();
+        sys::lookup_batch_each::<PeerKey, FlowStats>(
             self.flows.map().fd().as_fd(),
             sys::Values::Single,
             BATCH,
+            |k, v| out.push((k, v.next().unwrap_or_default())),
         )?;
-        Ok(rows
-            .into_iter()
-            .map(|(k, mut v)| (k, v.pop().unwrap_or_default()))
-            .collect())
+        Ok(out)
     }
 
     /// All flows by per-key iteration.

@@ -78,6 +78,22 @@ pub fn lookup_batch<K: Pod, V: Pod>(
     values: Values,
     batch: u32,
 ) -> io::Result<Vec<(K, Vec<V>)>> {
+    let mut out = Vec::new();
+    lookup_batch_each(fd, values, batch, |k, vs: &mut dyn Iterator<Item = V>| {
+        out.push((k, vs.collect()))
+    })?;
+    Ok(out)
+}
+
+/// Like [`lookup_batch`], handing each entry to `f` (key, then its values
+/// one per CPU) instead of collecting: no allocation per entry, which is
+/// what makes draining ten thousand cgroups cheap.
+pub fn lookup_batch_each<K: Pod, V: Pod>(
+    fd: BorrowedFd<'_>,
+    values: Values,
+    batch: u32,
+    mut f: impl FnMut(K, &mut dyn Iterator<Item = V>),
+) -> io::Result<()> {
     let ncpu = match values {
         Values::Single => 1,
         Values::PerCpu(n) => n,
@@ -87,16 +103,17 @@ pub fn lookup_batch<K: Pod, V: Pod>(
         Values::PerCpu(_) => size_of::<V>().next_multiple_of(8),
     };
     let mut batch = batch.max(1);
-    let mut out = Vec::new();
     // The batch cursor is opaque; for hash maps it is a bucket index, but
     // the kernel documents it as key-sized, so give it room for both.
     let tok_len = size_of::<K>().max(8);
     let mut in_tok = vec![0u8; tok_len];
     let mut out_tok = vec![0u8; tok_len];
     let mut first = true;
+    let mut keys = Vec::new();
+    let mut vals = Vec::new();
     loop {
-        let mut keys = vec![0u8; size_of::<K>() * batch as usize];
-        let mut vals = vec![0u8; stride * ncpu * batch as usize];
+        keys.resize(size_of::<K>() * batch as usize, 0u8);
+        vals.resize(stride * ncpu * batch as usize, 0u8);
         let mut attr = BatchAttr {
             in_batch: if first { 0 } else { in_tok.as_mut_ptr() as u64 },
             out_batch: out_tok.as_mut_ptr() as u64,
@@ -120,13 +137,12 @@ pub fn lookup_batch<K: Pod, V: Pod>(
         for i in 0..attr.count as usize {
             let key = read::<K>(&keys[i * size_of::<K>()..]);
             let base = i * stride * ncpu;
-            let v = (0..ncpu)
-                .map(|c| read::<V>(&vals[base + c * stride..]))
-                .collect();
-            out.push((key, v));
+            let vals = &vals;
+            let mut it = (0..ncpu).map(move |c| read::<V>(&vals[base + c * stride..]));
+            f(key, &mut it);
         }
         if done {
-            return Ok(out);
+            return Ok(());
         }
         std::mem::swap(&mut in_tok, &mut out_tok);
         first = false;
