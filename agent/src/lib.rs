@@ -10,4 +10,5 @@ pub mod config;
 #[allow(unsafe_code)]
 pub mod ebpf;
 pub mod run;
+pub mod storage;
 pub mod top;

@@ -12,7 +12,8 @@ use crate::{
     cgroupfs::{self, CgroupError},
     collect::Collector,
     config::Config,
-    ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir},
+    ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir, StorageStatus},
+    storage::{Mount, WatchRules},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -40,15 +41,29 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         pins: pins.clone(),
         maps: cfg.maps.clone(),
         cidrs: cfg.cidr_table(),
+        storage: cfg.storage.enabled,
+        storage_stats_entries: cfg.storage.stats_entries,
     })?;
     let target = mount.join(&cfg.agent.attach_cgroup);
     dp.attach(&target)?;
-    let mut collector = Collector::open(&pins, mount.clone())?;
+    let mut collector = Collector::open(&pins, mount.clone(), cfg.storage.mountinfo.clone())?;
+    let rules = WatchRules::new(&cfg.storage.watch_fstypes, &cfg.storage.watch_paths);
+    if dp.storage == StorageStatus::Active {
+        // Fill the device filter before the hooks run.
+        let _ = collector.tick();
+        sync_storage(&mut dp, &rules, collector.mounts());
+        if let Err(e) = dp.attach_storage() {
+            tracing::warn!(error = %e, "storage accounting unavailable: attaching the raw tracepoints failed");
+            dp.storage = StorageStatus::Unavailable(format!("attaching raw tracepoints: {e}"));
+        }
+    }
+    collector.set_storage_status(dp.storage.to_string());
     tracing::info!(
         cgroup_root = %target.display(),
         pins = %pins.versioned().display(),
         tick = ?cfg.agent.tick,
         drain = ?collector.mode(),
+        storage = %dp.storage,
         socket = %opts.socket.display(),
         "tollgate running"
     );
@@ -66,7 +81,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         tokio::select! {
             _ = tick.tick() => {
                 let started = std::time::Instant::now();
-                match collector.tick() {
+                let res = collector.tick();
+                if dp.storage == StorageStatus::Active {
+                    sync_storage(&mut dp, &rules, collector.mounts());
+                }
+                match res {
                     Ok(snap) => {
                         tracing::debug!(
                             cgroups = snap.cgroups.len(),
@@ -95,4 +114,27 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     let _ = std::fs::remove_file(&socket);
     drop(dp);
     Ok(())
+}
+
+/// Keeps the kernel's device filter equal to the watched mounts' devices.
+fn sync_storage(dp: &mut Dataplane, rules: &WatchRules, mounts: &[Mount]) {
+    let watched = rules.watched(mounts);
+    let devs = watched.iter().map(|(d, m)| (*d, m.id)).collect();
+    match dp.set_storage_devs(&devs) {
+        Ok((0, 0)) => {}
+        Ok((added, removed)) => {
+            for m in watched.values() {
+                tracing::debug!(dev = %m.dev_string(), mount = %m.mount_point.display(), fstype = %m.fstype, "watched");
+            }
+            tracing::info!(
+                added,
+                removed,
+                watched = watched.len(),
+                "storage device filter updated"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "updating the storage device filter failed; retrying next tick")
+        }
+    }
 }
