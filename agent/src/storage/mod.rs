@@ -99,8 +99,7 @@ impl WatchRules {
     }
 
     pub fn matches(&self, m: &Mount) -> bool {
-        self.fstypes.contains(&m.fstype)
-            || self.paths.iter().any(|p| m.mount_point.starts_with(p))
+        self.fstypes.contains(&m.fstype) || self.paths.iter().any(|p| m.mount_point.starts_with(p))
     }
 
     /// Watched devices, each with the mount that names it (the one with

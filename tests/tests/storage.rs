@@ -1,0 +1,269 @@
+//! Privileged storage accounting: the real agent with its raw tracepoints,
+//! a FUSE mount (bindfs) configured as watched storage and an unwatched
+//! tmpfs. A process in a pod cgroup moves exactly known byte counts through
+//! every read/write syscall family; the agent must report exactly those
+//! bytes and calls for the watched mount, nothing for the tmpfs, and
+//! nothing for another pod. A mount added while the agent runs is picked
+//! up, and one that goes away leaves the filter.
+#![forbid(unsafe_code)]
+
+use std::{path::Path, time::Duration};
+
+use tollgate_tests::{
+    agent::{Agent, TestPinDir, top},
+    cgroup::TestCgroup,
+    cmd::wait_until,
+    privileged,
+    storage::{Bindfs, ScratchDir, Tmpfs, dev_of, run_in},
+    top::{CgroupRow, Io, Top},
+};
+
+const TOOL: &str = env!("CARGO_BIN_EXE_tg-storage");
+const WAIT: Duration = Duration::from_secs(30);
+
+fn config(extra: &str) -> String {
+    format!("[agent]\ntick = \"200ms\"\n[storage]\nmountinfo = \"/proc/self/mountinfo\"\n{extra}\n")
+}
+
+/// Polls `tollgate top` until `done` holds or the time is up; returns the
+/// last snapshot either way so assertions show the difference.
+fn top_until(pins: &TestPinDir, done: impl Fn(&Top) -> bool) -> Top {
+    let mut last = None;
+    let _ = wait_until("agent snapshot", WAIT, || match top(pins.path()) {
+        Ok(t) => {
+            let ok = done(&t);
+            last = Some(t);
+            ok
+        }
+        Err(_) => false,
+    });
+    last.expect("tollgate top answered at least once")
+}
+
+fn row(t: &Top, id: u64) -> CgroupRow {
+    t.find_cgroup(id).cloned().unwrap_or_default()
+}
+
+/// Runs tg-storage in the pod; returns the calls it made with a positive
+/// result (it fails unless it moved exactly `bytes`).
+fn io(pod: &TestCgroup, family: &str, path: &Path, from: Option<&Path>, bytes: u64) -> u64 {
+    let mut argv = vec![
+        TOOL.to_owned(),
+        "io".into(),
+        "--family".into(),
+        family.into(),
+        "--path".into(),
+        path.display().to_string(),
+        "--bytes".into(),
+        bytes.to_string(),
+        "--chunk".into(),
+        "4096".into(),
+    ];
+    if let Some(f) = from {
+        argv.extend(["--from".into(), f.display().to_string()]);
+    }
+    let out = run_in(pod, &argv, WAIT).unwrap_or_else(|e| panic!("{family}: {e}"));
+    let mut it = out.stdout.split_whitespace();
+    let moved: u64 = it.next().and_then(|s| s.parse().ok()).expect("bytes");
+    assert_eq!(moved, bytes, "{family} moved");
+    it.next().and_then(|s| s.parse().ok()).expect("calls")
+}
+
+#[test]
+fn storage_bytes_per_family_are_exact() {
+    privileged!("bindfs", "fusermount3", "mount", "umount");
+    let scratch = ScratchDir::new().expect("scratch dir");
+    let fuse = Bindfs::mount(
+        &scratch.dir("backing").unwrap(),
+        &scratch.path().join("watched"),
+    )
+    .expect("bindfs");
+    let tmp = Tmpfs::mount(&scratch.path().join("tmpfs")).expect("tmpfs");
+    let (w, u) = (fuse.path().to_owned(), tmp.path().to_owned());
+    let (wdev, udev) = (dev_of(&w).unwrap(), dev_of(&u).unwrap());
+    assert_ne!(wdev, udev);
+    // Inputs, written by the test itself (its own cgroup, not asserted).
+    const M: u64 = 300_000;
+    std::fs::write(w.join("data"), vec![7u8; M as usize]).unwrap();
+    std::fs::write(u.join("src"), vec![9u8; 200_000]).unwrap();
+
+    let pins = TestPinDir::new().expect("pin dir");
+    let _agent = Agent::start(pins.path(), &config("watch_fstypes = [\"fuse.bindfs\"]"))
+        .expect("agent starts");
+    let t = top_until(&pins, |t| t.storage.watches(&w));
+    assert_eq!(t.storage.status, "active", "{:?}", t.storage);
+    assert!(
+        t.storage.watches(&w),
+        "bindfs mount watched: {:?}",
+        t.storage
+    );
+    assert!(!t.storage.watches(&u), "tmpfs not watched: {:?}", t.storage);
+
+    let a = TestCgroup::new("storage-a").expect("pod a");
+    let b = TestCgroup::new("storage-b").expect("pod b");
+    let mut want_w = Io::default();
+    let mut want_r = Io::default();
+    let check = |what: &str, want_w: Io, want_r: Io| {
+        let t = top_until(&pins, |t| {
+            let s = row(t, a.id()).storage_on(&wdev);
+            s.written == want_w && s.read == want_r
+        });
+        let r = row(&t, a.id());
+        let s = r.storage_on(&wdev);
+        assert_eq!(
+            s.written, want_w,
+            "after {what}: written to the watched mount"
+        );
+        assert_eq!(s.read, want_r, "after {what}: read from the watched mount");
+        assert_eq!(s.mount_point.as_deref(), Some(w.to_str().unwrap()));
+        assert_eq!(s.fstype.as_deref(), Some("fuse.bindfs"));
+    };
+
+    // Writes: a distinct size per family, so a miss names the family.
+    for (i, family) in ["write", "pwrite64", "writev", "pwritev", "pwritev2"]
+        .iter()
+        .enumerate()
+    {
+        let n = 10_000 + 1_111 * i as u64;
+        let calls = io(&a, family, &w.join(format!("out-{family}")), None, n);
+        want_w.bytes += n;
+        want_w.calls += calls;
+        // The same on the tmpfs: must not count anywhere.
+        io(&a, family, &u.join(format!("out-{family}")), None, n);
+        check(family, want_w, want_r);
+    }
+    // Copies into the watched mount from the unwatched tmpfs: the out fd
+    // is the written side.
+    for (family, n) in [("sendfile", 23_456u64), ("splice", 34_567)] {
+        let calls = io(
+            &a,
+            family,
+            &w.join(format!("out-{family}")),
+            Some(&u.join("src")),
+            n,
+        );
+        want_w.bytes += n;
+        want_w.calls += calls;
+        check(family, want_w, want_r);
+    }
+    // copy_file_range across file systems is EXDEV: within the watched
+    // mount it is both a write (out fd) and a read (in fd).
+    let n = 45_678;
+    let calls = io(
+        &a,
+        "copy-file-range",
+        &w.join("out-cfr"),
+        Some(&w.join("data")),
+        n,
+    );
+    want_w.bytes += n;
+    want_w.calls += calls;
+    want_r.bytes += n;
+    want_r.calls += calls;
+    check("copy_file_range", want_w, want_r);
+
+    // Reads.
+    for (i, family) in ["read", "pread64", "readv", "preadv", "preadv2"]
+        .iter()
+        .enumerate()
+    {
+        let m = 20_000 + 2_222 * i as u64;
+        let calls = io(&a, family, &w.join("data"), None, m);
+        want_r.bytes += m;
+        want_r.calls += calls;
+        io(&a, family, &u.join("src"), None, m);
+        check(family, want_w, want_r);
+    }
+    // Copies out of the watched mount into the tmpfs: the in fd is read.
+    for (family, m) in [("sendfile", 12_345u64), ("splice", 54_321)] {
+        let calls = io(
+            &a,
+            family,
+            &u.join(format!("in-{family}")),
+            Some(&w.join("data")),
+            m,
+        );
+        want_r.bytes += m;
+        want_r.calls += calls;
+        check(family, want_w, want_r);
+    }
+
+    // Pod B only touches the tmpfs.
+    io(&b, "write", &u.join("b-out"), None, 50_000);
+    io(&b, "read", &u.join("src"), None, 50_000);
+    // One more tick: anything B caused would be visible by now.
+    std::thread::sleep(Duration::from_millis(600));
+    let t = top_until(&pins, |_| true);
+    let ra = row(&t, a.id());
+    assert_eq!(
+        ra.storage.len(),
+        1,
+        "pod A: only the watched device: {:?}",
+        ra.storage
+    );
+    assert_eq!(
+        ra.storage_on(&udev),
+        Default::default(),
+        "nothing for the tmpfs"
+    );
+    assert_eq!(ra.storage_written_bytes, want_w.bytes);
+    assert_eq!(ra.storage_read_bytes, want_r.bytes);
+    assert_eq!(ra.out_per_storage_read, Some(0.0), "no network egress");
+    let rb = row(&t, b.id());
+    assert!(rb.storage.is_empty(), "pod B: nothing: {:?}", rb.storage);
+    eprintln!(
+        "pod A on {}: written {:?}, read {:?}",
+        w.display(),
+        want_w,
+        want_r
+    );
+}
+
+#[test]
+fn storage_mount_added_while_running_is_picked_up() {
+    privileged!("bindfs", "fusermount3", "mount", "umount");
+    let scratch = ScratchDir::new().expect("scratch dir");
+    let late = scratch.path().join("late");
+    // Watched by path: the agent starts before anything is mounted there.
+    let pins = TestPinDir::new().expect("pin dir");
+    let _agent = Agent::start(
+        pins.path(),
+        &config(&format!("watch_paths = [\"{}\"]", late.display())),
+    )
+    .expect("agent starts");
+    let t = top_until(&pins, |t| t.storage.status == "active");
+    assert!(!t.storage.watches(&late));
+
+    let mut fuse = Bindfs::mount(&scratch.dir("backing").unwrap(), &late).expect("bindfs");
+    let dev = dev_of(&late).unwrap();
+    let t = top_until(&pins, |t| t.storage.watches(&late));
+    assert!(
+        t.storage.watches(&late),
+        "new mount picked up: {:?}",
+        t.storage
+    );
+
+    let pod = TestCgroup::new("storage-late").expect("pod");
+    const N: u64 = 77_777;
+    let calls = io(&pod, "write", &late.join("f"), None, N);
+    let t = top_until(&pins, |t| {
+        row(t, pod.id()).storage_on(&dev).written.bytes == N
+    });
+    assert_eq!(
+        row(&t, pod.id()).storage_on(&dev).written,
+        Io { bytes: N, calls },
+        "exact bytes on the mount added at run time"
+    );
+
+    // Unmounted: it leaves the filter; the counters stay, named as before.
+    fuse.unmount();
+    let t = top_until(&pins, |t| !t.storage.watches(&late));
+    assert!(
+        !t.storage.watches(&late),
+        "unmounted mount dropped: {:?}",
+        t.storage
+    );
+    let s = row(&t, pod.id()).storage_on(&dev);
+    assert_eq!(s.written.bytes, N);
+    assert_eq!(s.mount_point.as_deref(), Some(late.to_str().unwrap()));
+}
