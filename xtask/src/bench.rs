@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
+mod storage;
 mod traffic;
 
 use crate::{cmd, setup};
@@ -25,6 +26,9 @@ pub enum Bench {
     /// Data-plane overhead: TCP throughput and 64-byte UDP packet rate
     /// between two namespaces, without and with the agent attached.
     Dataplane(DataplaneArgs),
+    /// Storage tracepoints: ns per write() to /dev/null and to a watched
+    /// FUSE mount, without and with the agent attached.
+    Storage(storage::StorageArgs),
 }
 
 #[derive(Args)]
@@ -52,6 +56,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Dataplane(args) => dataplane(&args),
+        Bench::Storage(args) => storage::run(&args),
     }
 }
 
@@ -210,9 +215,7 @@ fn ensure_root() -> Result<()> {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|l| l.split_whitespace().nth(1));
     if euid != Some("0") {
-        bail!(
-            "bench dataplane creates network namespaces and attaches BPF programs: run it as root"
-        );
+        bail!("benchmarks create namespaces or mounts and attach BPF programs: run them as root");
     }
     Ok(())
 }
