@@ -267,3 +267,74 @@ fn storage_mount_added_while_running_is_picked_up() {
     assert_eq!(s.written.bytes, N);
     assert_eq!(s.mount_point.as_deref(), Some(late.to_str().unwrap()));
 }
+
+/// SIGKILL the agent: the pinned raw tracepoint links keep counting while
+/// it is down, and the restarted agent's link swap neither loses nor
+/// doubles a call.
+#[test]
+fn storage_counts_survive_agent_sigkill() {
+    privileged!("bindfs", "fusermount3", "mount", "umount");
+    let scratch = ScratchDir::new().expect("scratch dir");
+    let fuse = Bindfs::mount(
+        &scratch.dir("backing").unwrap(),
+        &scratch.path().join("watched"),
+    )
+    .expect("bindfs");
+    let w = fuse.path().to_owned();
+    let dev = dev_of(&w).unwrap();
+    let cfg = config("watch_fstypes = [\"fuse.bindfs\"]");
+    let pins = TestPinDir::new().expect("pin dir");
+    let mut agent = Agent::start(pins.path(), &cfg).expect("agent starts");
+    top_until(&pins, |t| t.storage.watches(&w));
+    let pod = TestCgroup::new("storage-restart").expect("pod");
+    let mut want = Io::default();
+    for (i, n) in [11_111u64, 22_222, 33_333].into_iter().enumerate() {
+        match i {
+            1 => agent.kill9(),
+            2 => {
+                let _again = Agent::start(pins.path(), &cfg).expect("agent restarts");
+                top_until(&pins, |t| t.storage.status == "active");
+                want.calls += io(&pod, "write", &w.join(format!("f{i}")), None, n);
+                want.bytes += n;
+                let t = top_until(&pins, |t| row(t, pod.id()).storage_on(&dev).written == want);
+                assert_eq!(
+                    row(&t, pod.id()).storage_on(&dev).written,
+                    want,
+                    "before, during and after the restart, exactly once"
+                );
+                return;
+            }
+            _ => {}
+        }
+        want.calls += io(&pod, "write", &w.join(format!("f{i}")), None, n);
+        want.bytes += n;
+    }
+}
+
+/// The storage programs pass the verifier with this kernel's BTF offsets
+/// (loaded, not attached), and `tollgate check` reports them available.
+#[test]
+fn storage_programs_load_and_check_reports_them() {
+    privileged!();
+    use tollgate::ebpf::{Dataplane, LoadOptions, PinDir, StorageStatus, remove_pins};
+    let cfg = tollgate::config::Config::default();
+    let pins = PinDir::new(format!(
+        "/sys/fs/bpf/tollgate-test-{}",
+        tollgate_tests::unique_suffix()
+    ));
+    let dp = Dataplane::load(&LoadOptions {
+        pins: pins.clone(),
+        maps: cfg.maps.clone(),
+        cidrs: cfg.cidr_table(),
+        storage: true,
+        storage_stats_entries: cfg.storage.stats_entries,
+    });
+    let status = dp.map(|d| d.storage.clone());
+    let _ = remove_pins(&pins);
+    assert_eq!(status.expect("load"), StorageStatus::Active);
+    let row = tollgate::check::probe_all()
+        .into_iter()
+        .find(|p| p.feature.starts_with("storage accounting"))
+        .expect("check has a storage row");
+    assert!(row.available && !row.required, "{row:?}");
+}
