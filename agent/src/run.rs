@@ -57,6 +57,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             dp.storage = StorageStatus::Unavailable(format!("attaching raw tracepoints: {e}"));
         }
     }
+    dp.detach_stale_storage();
     collector.set_storage_status(dp.storage.to_string());
     tracing::info!(
         cgroup_root = %target.display(),

@@ -90,7 +90,10 @@ fn storage_bytes_per_family_are_exact() {
     let pins = TestPinDir::new().expect("pin dir");
     let _agent = Agent::start(pins.path(), &config("watch_fstypes = [\"fuse.bindfs\"]"))
         .expect("agent starts");
-    let t = top_until(&pins, |t| t.storage.watches(&w));
+    // "unknown" until the agent's API answers (top then reads the pins).
+    let t = top_until(&pins, |t| {
+        t.storage.status == "active" && t.storage.watches(&w)
+    });
     assert_eq!(t.storage.status, "active", "{:?}", t.storage);
     assert!(
         t.storage.watches(&w),

@@ -48,8 +48,8 @@ pub static ST_DEVS: HashMap<u32, u32> = HashMap::pinned(DEFAULT_STORAGE_DEV_ENTR
 pub static ST_MAGICS: HashMap<u64, u32> = HashMap::pinned(DEFAULT_STORAGE_MAGIC_ENTRIES, 0);
 
 #[map(name = "TG_ST_PENDING")]
-pub static ST_PENDING: LruHashMap<u64, PendingIo> =
-    LruHashMap::pinned(DEFAULT_STORAGE_PENDING_ENTRIES, 0);
+pub static ST_PENDING: HashMap<u64, PendingIo> =
+    HashMap::pinned(DEFAULT_STORAGE_PENDING_ENTRIES, 0);
 
 /// Benchmark-only counter of `tg_bench_baseline` (not pinned).
 #[map(name = "TG_BENCH")]

@@ -177,7 +177,9 @@ fn try_sys_enter(ctx: &RawTracePointContext) {
             syscall: nr as u32,
             flags,
         };
-        let _ = ST_PENDING.insert(bpf_get_current_pid_tgid(), p, 0);
+        if ST_PENDING.insert(bpf_get_current_pid_tgid(), p, 0).is_err() {
+            bump(Counter::StoragePendingFull);
+        }
     }
 }
 

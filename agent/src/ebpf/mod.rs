@@ -193,7 +193,7 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32)> {
         ),
         map::STORAGE_DEVS => (MapType::Hash, 4, 4),
         map::STORAGE_MAGICS => (MapType::Hash, 8, 4),
-        map::STORAGE_PENDING => (MapType::LruHash, 8, size_of::<PendingIo>() as u32),
+        map::STORAGE_PENDING => (MapType::Hash, 8, size_of::<PendingIo>() as u32),
         _ => return None,
     })
 }
@@ -444,6 +444,30 @@ impl Dataplane {
             tracing::info!(program = name, tracepoint = tp, replaced, "attached");
         }
         Ok(())
+    }
+
+    /// Removes storage link pins left by an earlier agent (which detaches
+    /// those programs) when storage accounting is not active now, e.g.
+    /// switched off in the config: stale programs must not keep counting
+    /// against a filter nobody maintains.
+    pub fn detach_stale_storage(&self) {
+        if self.storage == StorageStatus::Active {
+            return;
+        }
+        for name in [prog::SYS_ENTER, prog::SYS_EXIT] {
+            let pin = self.pins.links().join(name);
+            if pin.exists() {
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => tracing::info!(
+                        program = name,
+                        "detached storage program left by an earlier agent"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(program = name, link = %pin.display(), error = %e, "cannot remove stale storage link")
+                    }
+                }
+            }
+        }
     }
 
     /// Makes the kernel's device filter exactly `devs` (dev -> mount id).

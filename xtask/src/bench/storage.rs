@@ -1,8 +1,9 @@
 //! `cargo xtask bench storage`: what the storage raw tracepoints cost a
 //! write() call. `tg-storage loop` times a tight loop of 1-byte write()s to
-//! /dev/null (an unwatched file: the cost every process on the host pays)
-//! and to a watched FUSE mount (bindfs; the counted path), without and
-//! with the agent attached, alternating (ABBA) so host drift hits both.
+//! /dev/null (an unwatched file: the cost every process on the host pays
+//! per write) and to a watched FUSE mount (bindfs; the counted path), and
+//! of getppid() (what any other syscall pays), without and with the agent
+//! attached, alternating (ABBA) so host drift hits both.
 //!
 //! Every name is unique to this run (pid suffix): pins, socket, scratch
 //! directory, so it never clashes with another agent or benchmark on the
@@ -53,11 +54,16 @@ pub fn run(args: &StorageArgs) -> Result<()> {
     let socket = PathBuf::from(format!("/run/tollgate-bench-storage-{id}.sock"));
 
     let targets = [
+        // A syscall outside the read/write family: what every other
+        // syscall on the host pays for the two tracepoints.
+        ("getppid()", PathBuf::from("-"), args.null_calls),
         ("/dev/null", PathBuf::from("/dev/null"), args.null_calls),
         ("watched FUSE", fuse.dir.join("bench"), args.fuse_calls),
     ];
     let mut samples: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); targets.len()];
     let mut agent: Option<Agent> = None;
+    // Watched-mount writes the running agent must have counted.
+    let mut expected = 0u64;
     for pair in 0..args.pairs {
         let order = if pair % 2 == 0 {
             [false, true]
@@ -67,7 +73,7 @@ pub fn run(args: &StorageArgs) -> Result<()> {
         for attached in order {
             match (attached, agent.is_some()) {
                 (true, false) => agent = Some(Agent::start(&bin, &pins, &socket)?),
-                (false, true) => stop(agent.take(), &fuse.dir)?,
+                (false, true) => stop(agent.take(), &fuse.dir, &mut expected)?,
                 _ => {}
             }
             for (i, (name, path, count)) in targets.iter().enumerate() {
@@ -78,14 +84,17 @@ pub fn run(args: &StorageArgs) -> Result<()> {
                     args.pairs,
                     if attached { "with" } else { "without" }
                 );
+                if attached && path.starts_with(&fuse.dir) {
+                    expected += count;
+                }
                 let s = &mut samples[i];
                 if attached { &mut s.1 } else { &mut s.0 }.push(ns);
             }
         }
     }
-    stop(agent.take(), &fuse.dir)?;
+    stop(agent.take(), &fuse.dir, &mut expected)?;
     println!(
-        "\nstorage tracepoints: cost per 1-byte write(), median of {} alternating runs\n",
+        "\nstorage tracepoints: ns per call (1-byte write(), or getppid()), median of {} alternating runs\n",
         args.pairs
     );
     println!(
@@ -107,18 +116,30 @@ pub fn run(args: &StorageArgs) -> Result<()> {
     Ok(())
 }
 
-/// Stops the agent after checking that it counted the watched writes.
-fn stop(agent: Option<Agent>, dir: &Path) -> Result<()> {
+/// Stops the agent after checking that it counted exactly the watched
+/// writes made while it ran (1 byte each).
+fn stop(agent: Option<Agent>, dir: &Path, expected: &mut u64) -> Result<()> {
     if let Some(a) = agent {
-        let counted = a.counted_writes(dir)?;
+        // The agent drains every second; give it a few ticks.
+        let mut counted = 0;
+        for _ in 0..10 {
+            counted = a.counted_writes(dir)?;
+            if counted == *expected {
+                break;
+            }
+            sleep(Duration::from_millis(300));
+        }
         drop(a);
-        eprintln!("bench: the agent counted {counted} bytes written to the watched mount");
-        if counted == 0 {
+        eprintln!(
+            "bench: the agent counted {counted} bytes written to the watched mount (expected {expected})"
+        );
+        if counted != *expected {
             bail!(
-                "the agent counted nothing on {}: storage accounting is not working",
+                "the agent counted {counted} of {expected} bytes written to {}",
                 dir.display()
             );
         }
+        *expected = 0;
     }
     Ok(())
 }
