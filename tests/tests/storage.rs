@@ -341,3 +341,98 @@ fn storage_programs_load_and_check_reports_them() {
         .expect("check has a storage row");
     assert!(row.available && !row.required, "{row:?}");
 }
+
+/// The compute-to-data ratio: a pod reads M bytes from watched storage and
+/// sends K datagrams of S bytes to an external host; the agent reports
+/// exactly (K * (S + 28)) / M as bytes out per byte read.
+#[test]
+fn storage_out_per_read_ratio_is_exact() {
+    use std::net::{IpAddr, SocketAddr};
+    use tollgate_tests::{topology::Topology, traffic::Sink};
+    privileged!("bindfs", "fusermount3", "mount", "umount");
+    const TRAFFIC: &str = env!("CARGO_BIN_EXE_tg-traffic");
+    const M: u64 = 64_000;
+    const K: u64 = 20;
+    const S: u64 = 1000;
+    let scratch = ScratchDir::new().expect("scratch dir");
+    let fuse = Bindfs::mount(
+        &scratch.dir("backing").unwrap(),
+        &scratch.path().join("watched"),
+    )
+    .expect("bindfs");
+    let w = fuse.path().to_owned();
+    std::fs::write(w.join("dataset"), vec![1u8; M as usize]).unwrap();
+    let topo = Topology::builder().pods(1).build().expect("topology");
+    let pins = TestPinDir::new().expect("pin dir");
+    let _agent = Agent::start(
+        pins.path(),
+        &format!(
+            "{}[network]\ninternal_cidrs = [\"198.18.0.0/16\"]\n",
+            config("watch_fstypes = [\"fuse.bindfs\"]")
+        ),
+    )
+    .expect("agent starts");
+    top_until(&pins, |t| {
+        t.storage.status == "active" && t.storage.watches(&w)
+    });
+    let pod = topo.pod(0);
+    // The pod (cgroup + netns) reads the dataset...
+    let out = pod
+        .run(
+            &[
+                TOOL,
+                "io",
+                "--family",
+                "read",
+                "--path",
+                w.join("dataset").to_str().unwrap(),
+                "--bytes",
+                &M.to_string(),
+            ],
+            WAIT,
+        )
+        .expect("pod reads the dataset");
+    assert!(out.stdout.starts_with(&M.to_string()), "{}", out.stdout);
+    // ... and ships it out.
+    let to = SocketAddr::new(IpAddr::V4(topo.internet().v4), 9300).to_string();
+    let mut sink = Sink::start(topo.internet().command(&[
+        TRAFFIC,
+        "udp-sink",
+        "--listen",
+        &to,
+        "--count",
+        &K.to_string(),
+        "--timeout-s",
+        "20",
+    ]))
+    .expect("sink");
+    pod.run(
+        &[
+            TRAFFIC,
+            "udp-send",
+            "--to",
+            &to,
+            "--count",
+            &K.to_string(),
+            "--size",
+            &S.to_string(),
+        ],
+        WAIT,
+    )
+    .expect("udp-send");
+    assert_eq!(sink.finish(WAIT).expect("sink").last_number(), Some(K));
+    let out_bytes = K * (S + 28);
+    let id = pod.cgroup.id();
+    let t = top_until(&pins, |t| {
+        let r = row(t, id);
+        r.storage_read_bytes == M && r.egress.external.bytes == out_bytes
+    });
+    let r = row(&t, id);
+    assert_eq!(r.storage_read_bytes, M);
+    assert_eq!(r.egress.external.bytes, out_bytes);
+    assert_eq!(
+        r.out_per_storage_read,
+        Some(out_bytes as f64 / M as f64),
+        "bytes out per byte read"
+    );
+}
