@@ -13,7 +13,7 @@
 #[allow(unsafe_code)]
 mod user;
 #[cfg(feature = "user")]
-pub use user::{addr_of, addr_to_key, proto_name};
+pub use user::{addr_of, addr_to_key, dev_parts, kernel_dev, proto_name};
 
 /// Version of the layouts below. Pins live under
 /// `/sys/fs/bpf/tollgate/v{ABI_VERSION}` so an agent never reuses a map whose
@@ -30,6 +30,10 @@ pub const ABI_VERSION: u32 = 1;
 /// | `TG_CONN_SEEN` | LRU_HASH | [`PeerKey`] -> first-seen ns (u64) | connect/sendmsg | nobody (dedup only) | 65536 | oldest pair forgotten: a later connect sends a new event |
 /// | `TG_CONN_EVENTS` | RINGBUF | [`ConnEvent`] records | connect/sendmsg | collector | 256 KiB | event dropped, [`Counter::RingbufDrops`] += 1, pair forgotten so it is sent again |
 /// | `TG_COUNTERS` | PERCPU_ARRAY | [`Counter`] index -> u64 | all programs | collector | [`COUNTER_SLOTS`] | fixed size |
+/// | `TG_ST_STATS` | PERCPU_HASH | [`StorageKey`] -> [`IoCount`] | sys_exit | collector (batch lookup) | 16384 | not counted, [`Counter::StorageStatsFull`] += 1 |
+/// | `TG_ST_DEVS` | HASH | kernel dev_t (u32, `major << 20 \| minor`) -> mountinfo mount id (u32) | agent (every tick, from mountinfo) | sys_enter; collector (names) | 4096 | agent logs the mounts it could not watch |
+/// | `TG_ST_MAGICS` | HASH | super block magic (u64) -> 1 (u32) | agent at start | sys_enter | 64 | fixed set (ceph, nfs) |
+/// | `TG_ST_PENDING` | HASH | pid_tgid (u64) -> [`PendingIo`] | sys_enter (watched fds only) | sys_exit (lookup + delete) | 16384 (threads inside a watched read/write at once) | call not counted, [`Counter::StoragePendingFull`] += 1. A plain hash, not an LRU: the LRU's per-CPU free lists evict live entries under churn (measured: 0.5% of 100k tight-loop writes lost) |
 pub mod map {
     pub const CGROUP_STATS: &str = "TG_CG_STATS";
     pub const FLOWS: &str = "TG_FLOWS";
@@ -37,15 +41,34 @@ pub mod map {
     pub const CONN_SEEN: &str = "TG_CONN_SEEN";
     pub const CONN_EVENTS: &str = "TG_CONN_EVENTS";
     pub const COUNTERS: &str = "TG_COUNTERS";
+    pub const STORAGE_STATS: &str = "TG_ST_STATS";
+    pub const STORAGE_DEVS: &str = "TG_ST_DEVS";
+    pub const STORAGE_MAGICS: &str = "TG_ST_MAGICS";
+    pub const STORAGE_PENDING: &str = "TG_ST_PENDING";
 
     /// Every map the agent pins, for pin management and `tollgate check`.
-    pub const ALL: [&str; 6] = [CGROUP_STATS, FLOWS, CIDRS, CONN_SEEN, CONN_EVENTS, COUNTERS];
+    pub const ALL: [&str; 10] = [
+        CGROUP_STATS,
+        FLOWS,
+        CIDRS,
+        CONN_SEEN,
+        CONN_EVENTS,
+        COUNTERS,
+        STORAGE_STATS,
+        STORAGE_DEVS,
+        STORAGE_MAGICS,
+        STORAGE_PENDING,
+    ];
 
     pub const DEFAULT_CGROUP_STATS_ENTRIES: u32 = 16384;
     pub const DEFAULT_FLOW_ENTRIES: u32 = 65536;
     pub const DEFAULT_CIDR_ENTRIES: u32 = 1024;
     pub const DEFAULT_CONN_SEEN_ENTRIES: u32 = 65536;
     pub const DEFAULT_CONN_EVENTS_BYTES: u32 = 256 * 1024;
+    pub const DEFAULT_STORAGE_STATS_ENTRIES: u32 = 16384;
+    pub const DEFAULT_STORAGE_DEV_ENTRIES: u32 = 4096;
+    pub const DEFAULT_STORAGE_MAGIC_ENTRIES: u32 = 64;
+    pub const DEFAULT_STORAGE_PENDING_ENTRIES: u32 = 16384;
 }
 
 /// Program (function) names in the object file.
@@ -58,6 +81,10 @@ pub mod prog {
     pub const SENDMSG6: &str = "tg_sendmsg6";
     /// Benchmark baseline (one per-CPU array increment); never attached.
     pub const BENCH_BASELINE: &str = "tg_bench_baseline";
+    /// Raw tracepoint `sys_enter`: notes reads/writes on watched storage.
+    pub const SYS_ENTER: &str = "tg_sys_enter";
+    /// Raw tracepoint `sys_exit`: counts their results.
+    pub const SYS_EXIT: &str = "tg_sys_exit";
 }
 
 /// Key of `TG_CG_STATS` under which cgroups are counted once the map is full.
@@ -206,16 +233,26 @@ pub enum Counter {
     /// Flow entries deleted by the agent (idle expiry); written by userspace
     /// on CPU 0 only.
     FlowsDeletedByAgent = 5,
+    /// Storage reads/writes not counted because `TG_ST_STATS` was full.
+    StorageStatsFull = 6,
+    /// Reads/writes whose fd could not be resolved to a super block
+    /// (bpf_probe_read_kernel failed): not counted.
+    StorageResolveFailed = 7,
+    /// Reads/writes not counted because `TG_ST_PENDING` was full.
+    StoragePendingFull = 8,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 6] = [
+    pub const ALL: [Counter; 9] = [
         Counter::RingbufDrops,
         Counter::FlowsCreated,
         Counter::FlowCreateFailed,
         Counter::CgroupStatsFull,
         Counter::Malformed,
         Counter::FlowsDeletedByAgent,
+        Counter::StorageStatsFull,
+        Counter::StorageResolveFailed,
+        Counter::StoragePendingFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -226,6 +263,9 @@ impl Counter {
             Counter::CgroupStatsFull => "cgroup_stats_full",
             Counter::Malformed => "malformed_packets",
             Counter::FlowsDeletedByAgent => "flows_deleted_by_agent",
+            Counter::StorageStatsFull => "storage_stats_full",
+            Counter::StorageResolveFailed => "storage_resolve_failed",
+            Counter::StoragePendingFull => "storage_pending_full",
         }
     }
 }
@@ -233,6 +273,136 @@ impl Counter {
 /// Size of `TG_COUNTERS`; room to grow without an ABI bump.
 pub const COUNTER_SLOTS: u32 = 16;
 const _: () = assert!(Counter::ALL.len() as u32 <= COUNTER_SLOTS);
+
+/// Direction of a storage key: bytes the cgroup wrote to the file system.
+pub const STORAGE_WRITE: u32 = 0;
+/// Direction of a storage key: bytes the cgroup read from the file system.
+pub const STORAGE_READ: u32 = 1;
+
+/// Key of `TG_ST_STATS`: one cgroup, one watched device, one direction.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StorageKey {
+    pub cgroup_id: u64,
+    /// Kernel dev_t of the super block (`major << 20 | minor`, as
+    /// `super_block.s_dev` holds it).
+    pub dev: u32,
+    /// [`STORAGE_WRITE`] or [`STORAGE_READ`].
+    pub dir: u32,
+}
+const _: () = assert!(core::mem::size_of::<StorageKey>() == 16);
+
+/// Value of `TG_ST_STATS` (per CPU; userspace sums the CPUs): the sum of
+/// the positive results of the calls, and the number of such calls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCount {
+    pub bytes: u64,
+    pub calls: u64,
+}
+const _: () = assert!(core::mem::size_of::<IoCount>() == 16);
+
+/// [`PendingIo::flags`]: `write_dev` is set.
+pub const PENDING_WRITE: u32 = 1;
+/// [`PendingIo::flags`]: `read_dev` is set.
+pub const PENDING_READ: u32 = 2;
+
+/// Value of `TG_ST_PENDING`: what sys_enter found for a thread's call on
+/// a watched device, consumed by the same thread's sys_exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingIo {
+    /// Device written to (the out fd of copy_file_range/sendfile/splice).
+    pub write_dev: u32,
+    /// Device read from (the in fd of copy_file_range/sendfile/splice).
+    pub read_dev: u32,
+    /// Syscall number at entry; sys_exit counts only when it matches.
+    pub syscall: u32,
+    /// [`PENDING_WRITE`] | [`PENDING_READ`].
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PendingIo>() == 16);
+
+/// Kernel struct offsets, read by the agent from the running kernel's BTF
+/// (/sys/kernel/btf/vmlinux) and set as the read-only global
+/// [`KERNEL_OFFSETS_SYMBOL`] before loading. `enabled == 0` (the default
+/// in the object) turns the storage programs into no-ops. All offsets in
+/// bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub enabled: u32,
+    /// `task_struct.files`
+    pub task_files: u32,
+    /// `files_struct.fdt`
+    pub files_fdt: u32,
+    /// `fdtable.max_fds`
+    pub fdt_max_fds: u32,
+    /// `fdtable.fd`
+    pub fdt_fd: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `super_block.s_dev`
+    pub sb_dev: u32,
+    /// `super_block.s_magic`
+    pub sb_magic: u32,
+    /// `pt_regs` fields holding syscall arguments 0..6 (x86_64: di, si,
+    /// dx, r10, r8, r9).
+    pub regs_arg: [u32; 6],
+    /// `pt_regs.orig_ax`: the syscall number at sys_exit.
+    pub regs_syscall: u32,
+}
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+
+/// Symbol of the [`KernelOffsets`] global in the object.
+pub const KERNEL_OFFSETS_SYMBOL: &str = "TG_KOFFS";
+
+/// x86_64 syscall numbers the storage programs follow (arch/x86/entry/
+/// syscalls/syscall_64.tbl; stable ABI). Other architectures: storage
+/// accounting is off.
+pub mod syscall {
+    pub const READ: u64 = 0;
+    pub const WRITE: u64 = 1;
+    pub const PREAD64: u64 = 17;
+    pub const PWRITE64: u64 = 18;
+    pub const READV: u64 = 19;
+    pub const WRITEV: u64 = 20;
+    pub const SENDFILE: u64 = 40;
+    pub const SPLICE: u64 = 275;
+    pub const PREADV: u64 = 295;
+    pub const PWRITEV: u64 = 296;
+    pub const COPY_FILE_RANGE: u64 = 326;
+    pub const PREADV2: u64 = 327;
+    pub const PWRITEV2: u64 = 328;
+
+    /// Which arguments hold the fd written to and the fd read from, as
+    /// `(write_arg + 1) | (read_arg + 1) << 8` (0 in a byte: none); 0 when
+    /// `nr` is not followed. (Plain integers: LLVM may leave the payload
+    /// of a `None` uninitialised, which the verifier rejects.)
+    #[inline(always)]
+    pub const fn fd_args(nr: u64) -> u32 {
+        const W0: u32 = 1;
+        const R0: u32 = 1 << 8;
+        match nr {
+            WRITE | PWRITE64 | WRITEV | PWRITEV | PWRITEV2 => W0,
+            READ | PREAD64 | READV | PREADV | PREADV2 => R0,
+            // copy_file_range(fd_in, off_in, fd_out, ...), splice likewise.
+            COPY_FILE_RANGE | SPLICE => 3 | R0,
+            // sendfile(out_fd, in_fd, ...)
+            SENDFILE => W0 | 2 << 8,
+            _ => 0,
+        }
+    }
+}
+
+/// Super block magics (include/uapi/linux/magic.h) counted even before the
+/// agent has seen the mount in mountinfo: the default watched types whose
+/// magic is theirs alone. (FUSE types share FUSE_SUPER_MAGIC, so they are
+/// watched by device only.)
+pub const CEPH_SUPER_MAGIC: u64 = 0x00c3_6400;
+pub const NFS_SUPER_MAGIC: u64 = 0x6969;
 
 /// IPv4-mapped IPv6 address for an IPv4 address given as its 4 bytes.
 #[inline(always)]

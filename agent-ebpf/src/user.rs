@@ -6,8 +6,8 @@ use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
-    ByteCount, CgroupStats, CidrInfo, ConnEvent, FAMILY_V4, FlowStats, LpmAddr, PeerKey,
-    ScopeCounts,
+    ByteCount, CgroupStats, CidrInfo, ConnEvent, FAMILY_V4, FlowStats, IoCount, KernelOffsets,
+    LpmAddr, PeerKey, PendingIo, ScopeCounts, StorageKey,
 };
 
 macro_rules! pod {
@@ -26,8 +26,30 @@ pod!(
     FlowStats,
     LpmAddr,
     CidrInfo,
-    ConnEvent
+    ConnEvent,
+    StorageKey,
+    IoCount,
+    PendingIo,
+    KernelOffsets
 );
+
+impl core::ops::AddAssign for IoCount {
+    fn add_assign(&mut self, o: Self) {
+        self.bytes = self.bytes.wrapping_add(o.bytes);
+        self.calls = self.calls.wrapping_add(o.calls);
+    }
+}
+
+/// Kernel dev_t (`MINORBITS` = 20) from a device's major and minor, as
+/// mountinfo prints them and `super_block.s_dev` holds them.
+pub const fn kernel_dev(major: u32, minor: u32) -> u32 {
+    (major << 20) | (minor & 0xf_ffff)
+}
+
+/// (major, minor) of a kernel dev_t.
+pub const fn dev_parts(dev: u32) -> (u32, u32) {
+    (dev >> 20, dev & 0xf_ffff)
+}
 
 /// The address of a key or event, unmapping IPv4-mapped addresses.
 pub fn addr_of(family: u8, addr: [u8; 16]) -> IpAddr {

@@ -64,6 +64,8 @@ pub fn prog_bench(
             pins: pins.clone(),
             maps: cfg.maps.clone(),
             cidrs: cfg.cidr_table(),
+            storage: false,
+            storage_stats_entries: cfg.storage.stats_entries,
         })?;
         let mut rows = Vec::new();
         for size in [64usize, 1500] {

@@ -153,6 +153,7 @@ pub fn probe_all() -> Vec<Probe> {
             false,
             "syscall hooks (storage)",
         ),
+        storage_probe(),
         probe(
             "program tracepoint",
             prog(ProgramType::TracePoint),
@@ -185,6 +186,34 @@ pub fn probe_all() -> Vec<Probe> {
             "program run time metrics",
         ),
     ]
+}
+
+/// Storage accounting as a whole: kernel BTF with every struct member the
+/// programs read, raw tracepoints, x86_64. Optional: without it the agent
+/// runs network accounting only.
+fn storage_probe() -> Probe {
+    let raw_tp = prog(ProgramType::RawTracePoint);
+    let (available, used_for) = match (crate::ebpf::storage_offsets(), raw_tp) {
+        (Ok(_), true) => (
+            true,
+            "per-pod bytes written to/read from CephFS, NFS, FUSE (sys_enter/sys_exit)".to_owned(),
+        ),
+        (Err(why), _) => (
+            false,
+            format!("storage accounting is unavailable ({why}); everything else runs"),
+        ),
+        (Ok(_), false) => (
+            false,
+            "storage accounting is unavailable (no raw tracepoint programs); everything else runs"
+                .to_owned(),
+        ),
+    };
+    Probe {
+        feature: "storage accounting (BTF offsets + raw_tracepoint)".into(),
+        available,
+        required: false,
+        used_for,
+    }
 }
 
 /// Prints the probe table; returns whether every required feature is there.

@@ -43,6 +43,43 @@ pub struct Config {
     pub network: NetworkConfig,
     pub maps: MapConfig,
     pub metrics: MetricsConfig,
+    pub storage: StorageConfig,
+}
+
+/// `[storage]`: per-pod bytes written to and read from shared file
+/// systems (raw tracepoints sys_enter/sys_exit; needs kernel BTF).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Count storage reads and writes. When the kernel lacks BTF or raw
+    /// tracepoints the agent logs it and runs without (network accounting
+    /// is unaffected).
+    pub enabled: bool,
+    /// File system types watched in addition to ceph, fuse.ceph-fuse, nfs
+    /// and nfs4 (always watched), as mountinfo names them: e.g.
+    /// "fuse.bindfs", "glusterfs", "lustre".
+    pub watch_fstypes: Vec<String>,
+    /// Mounts at or below these absolute paths are watched whatever their
+    /// type.
+    pub watch_paths: Vec<PathBuf>,
+    /// The mount table to follow: the host's (PID 1's; the DaemonSet runs
+    /// with hostPID). Re-read every tick.
+    pub mountinfo: PathBuf,
+    /// (cgroup, device, direction) counter entries; calls beyond are not
+    /// counted and `storage_stats_full` counts them.
+    pub stats_entries: u32,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            watch_fstypes: Vec::new(),
+            watch_paths: Vec::new(),
+            mountinfo: PathBuf::from("/proc/1/mountinfo"),
+            stats_entries: tollgate_ebpf::map::DEFAULT_STORAGE_STATS_ENTRIES,
+        }
+    }
 }
 
 /// `[metrics]`: the Prometheus endpoint's budget.
@@ -234,6 +271,32 @@ impl Config {
                 why: "must be at least 12 (one pod's series)".into(),
             });
         }
+        let st = &self.storage;
+        if st.stats_entries < 64 || st.stats_entries > 1 << 24 {
+            return Err(ConfigError::Invalid {
+                key: "storage.stats_entries",
+                value: st.stats_entries.to_string(),
+                why: "must be between 64 and 16777216".into(),
+            });
+        }
+        if let Some(p) = st.watch_paths.iter().find(|p| !p.is_absolute()) {
+            return Err(ConfigError::Invalid {
+                key: "storage.watch_paths",
+                value: p.display().to_string(),
+                why: "must be absolute paths (mount points or directories above them)".into(),
+            });
+        }
+        if let Some(t) = st
+            .watch_fstypes
+            .iter()
+            .find(|t| t.is_empty() || t.chars().any(char::is_whitespace))
+        {
+            return Err(ConfigError::Invalid {
+                key: "storage.watch_fstypes",
+                value: format!("{t:?}"),
+                why: "fs types as mountinfo names them, e.g. \"fuse.bindfs\"".into(),
+            });
+        }
         let rb = m.conn_events_bytes;
         if rb < 4096 || !rb.is_power_of_two() || rb > 1 << 30 {
             return Err(ConfigError::Invalid {
@@ -318,6 +381,24 @@ mod tests {
                 .to_string()
                 .contains("attach_cgroup")
         );
+    }
+
+    #[test]
+    fn storage_section() {
+        let c = Config::parse(
+            "[storage]\nwatch_fstypes = [\"fuse.bindfs\"]\nwatch_paths = [\"/mnt/data\"]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert!(c.storage.enabled);
+        assert_eq!(c.storage.watch_fstypes, ["fuse.bindfs"]);
+        let e = Config::parse("[storage]\nwatch_fstype = []\n").unwrap_err();
+        assert!(e.contains("watch_fstype"), "{e}");
+        let c = Config::parse("[storage]\nwatch_paths = [\"rel\"]\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("storage.watch_paths"), "{e}");
+        let c = Config::parse("[storage]\nwatch_fstypes = [\"\"]\n").unwrap();
+        assert!(c.validate().is_err());
     }
 
     #[test]

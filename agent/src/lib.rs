@@ -11,4 +11,5 @@ pub mod config;
 pub mod ebpf;
 pub mod metrics;
 pub mod run;
+pub mod storage;
 pub mod top;

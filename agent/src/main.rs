@@ -50,6 +50,11 @@ enum Cmd {
         /// Internal CIDR (repeatable; replaces network.internal_cidrs).
         #[arg(long = "internal-cidr")]
         internal_cidrs: Vec<ipnet::IpNet>,
+        /// Watch storage of this fs type, as mountinfo names it, e.g.
+        /// fuse.bindfs (repeatable; replaces storage.watch_fstypes; ceph,
+        /// fuse.ceph-fuse, nfs and nfs4 are always watched).
+        #[arg(long = "watch-fstype")]
+        watch_fstypes: Vec<String>,
     },
     /// Probe the kernel for what Tollgate needs and can use.
     Check {
@@ -144,6 +149,7 @@ fn main() -> ExitCode {
             metrics_addr,
             tick,
             internal_cidrs,
+            watch_fstypes,
         } => {
             let mut cfg = match load_config(&common) {
                 Ok(c) => c,
@@ -157,6 +163,9 @@ fn main() -> ExitCode {
             }
             if !internal_cidrs.is_empty() {
                 cfg.network.internal_cidrs = internal_cidrs;
+            }
+            if !watch_fstypes.is_empty() {
+                cfg.storage.watch_fstypes = watch_fstypes;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("tollgate: {e}");
@@ -207,6 +216,7 @@ fn main() -> ExitCode {
                 once,
                 json: format == Format::Json,
                 interval,
+                mountinfo: cfg.storage.mountinfo.clone(),
             };
             match top::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -147,6 +147,34 @@ impl Collector for PodCollector {
             }
         }
 
+        // Storage: one series per (pod, mount, direction); mounts are few and
+        // admin-defined, so the mount point is a bounded label.
+        for (name, help, bytes) in [
+            (
+                "tollgate_pod_storage_bytes",
+                "Bytes written to / read from watched shared storage",
+                true,
+            ),
+            (
+                "tollgate_pod_storage_calls",
+                "Successful write/read system calls on watched shared storage",
+                false,
+            ),
+        ] {
+            let mut fam = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (r, l) in rows.iter().zip(&labels) {
+                for u in &r.storage {
+                    for (dir, c) in [("write", &u.written), ("read", &u.read)] {
+                        let mut l = l.clone();
+                        l.push(("mount", label(u.mount_point.as_deref().unwrap_or(&u.dev))));
+                        l.push(("fstype", label(u.fstype.as_deref().unwrap_or("unknown"))));
+                        l.push(("direction", dir.into()));
+                        let v = if bytes { c.bytes } else { c.calls };
+                        ConstCounter::new(v).encode(fam.encode_family(&l)?)?;
+                    }
+                }
+            }
+        }
         let mut fam = enc.encode_descriptor(
             "tollgate_kernel_events",
             "Kernel-side health counters (ring buffer drops, flow table and map overflow)",
@@ -178,7 +206,8 @@ impl Collector for PodCollector {
                 .encode(fam.encode_family(&[("map", map)])?)?;
         }
 
-        let series = pods * SERIES_PER_POD;
+        let series =
+            pods * SERIES_PER_POD + rows.iter().map(|r| r.storage.len() * 4).sum::<usize>();
         let dropped = snap.cgroups.len().saturating_sub(pods) * SERIES_PER_POD;
         self.exported.store(series as u64, Ordering::Relaxed);
         let fam = enc.encode_descriptor(
@@ -315,6 +344,7 @@ mod tests {
                 ("ringbuf_drops".to_string(), 5),
                 ("flows_live".to_string(), 50),
             ]),
+            storage: Default::default(),
         }
     }
 

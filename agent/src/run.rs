@@ -12,8 +12,9 @@ use crate::{
     cgroupfs::{self, CgroupError},
     collect::Collector,
     config::Config,
-    ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir},
+    ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir, StorageStatus},
     metrics::{self, Capacity, Metrics},
+    storage::{Mount, WatchRules},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -45,15 +46,30 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         pins: pins.clone(),
         maps: cfg.maps.clone(),
         cidrs: cfg.cidr_table(),
+        storage: cfg.storage.enabled,
+        storage_stats_entries: cfg.storage.stats_entries,
     })?;
     let target = mount.join(&cfg.agent.attach_cgroup);
     dp.attach(&target)?;
-    let mut collector = Collector::open(&pins, mount.clone())?;
+    let mut collector = Collector::open(&pins, mount.clone(), cfg.storage.mountinfo.clone())?;
+    let rules = WatchRules::new(&cfg.storage.watch_fstypes, &cfg.storage.watch_paths);
+    if dp.storage == StorageStatus::Active {
+        // Fill the device filter before the hooks run.
+        let _ = collector.tick();
+        sync_storage(&mut dp, &rules, collector.mounts());
+        if let Err(e) = dp.attach_storage() {
+            tracing::warn!(error = %e, "storage accounting unavailable: attaching the raw tracepoints failed");
+            dp.storage = StorageStatus::Unavailable(format!("attaching raw tracepoints: {e}"));
+        }
+    }
+    dp.detach_stale_storage();
+    collector.set_storage_status(dp.storage.to_string());
     tracing::info!(
         cgroup_root = %target.display(),
         pins = %pins.versioned().display(),
         tick = ?cfg.agent.tick,
         drain = ?collector.mode(),
+        storage = %dp.storage,
         socket = %opts.socket.display(),
         "tollgate running"
     );
@@ -86,7 +102,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         tokio::select! {
             _ = tick.tick() => {
                 let started = std::time::Instant::now();
-                match collector.tick() {
+                let res = collector.tick();
+                if dp.storage == StorageStatus::Active {
+                    sync_storage(&mut dp, &rules, collector.mounts());
+                }
+                match res {
                     Ok(snap) => {
                         metrics.observe_tick(started.elapsed(), snap.cgroups.len());
                         tracing::debug!(
@@ -135,4 +155,27 @@ pub fn node_name() -> String {
         .or_else(|| std::fs::read_to_string("/proc/sys/kernel/hostname").ok())
         .map(|n| n.trim().to_owned())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Keeps the kernel's device filter equal to the watched mounts' devices.
+fn sync_storage(dp: &mut Dataplane, rules: &WatchRules, mounts: &[Mount]) {
+    let watched = rules.watched(mounts);
+    let devs = watched.iter().map(|(d, m)| (*d, m.id)).collect();
+    match dp.set_storage_devs(&devs) {
+        Ok((0, 0)) => {}
+        Ok((added, removed)) => {
+            for m in watched.values() {
+                tracing::debug!(dev = %m.dev_string(), mount = %m.mount_point.display(), fstype = %m.fstype, "watched");
+            }
+            tracing::info!(
+                added,
+                removed,
+                watched = watched.len(),
+                "storage device filter updated"
+            );
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "updating the storage device filter failed; retrying next tick")
+        }
+    }
 }

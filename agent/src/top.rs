@@ -41,14 +41,14 @@ enum Source {
 }
 
 impl Source {
-    fn open(socket: &Path, pins: &PinDir) -> Result<Self, TopError> {
+    fn open(socket: &Path, pins: &PinDir, mountinfo: &Path) -> Result<Self, TopError> {
         let agent_err = match api::fetch_snapshot(socket) {
             Ok(_) => return Ok(Self::Agent(socket.to_owned())),
             Err(e) => e.to_string(),
         };
         let pins_err = match cgroupfs::cgroup2_mount()
             .map_err(|e| e.to_string())
-            .and_then(|m| Collector::open(pins, m).map_err(|e| e.to_string()))
+            .and_then(|m| Collector::open(pins, m, mountinfo.to_owned()).map_err(|e| e.to_string()))
         {
             Ok(c) => return Ok(Self::Pins(Box::new(c))),
             Err(e) => e,
@@ -74,10 +74,12 @@ pub struct TopOptions {
     pub once: bool,
     pub json: bool,
     pub interval: Duration,
+    /// Mount table for naming storage devices without an agent.
+    pub mountinfo: PathBuf,
 }
 
 pub fn run(opts: &TopOptions) -> Result<(), TopError> {
-    let mut src = Source::open(&opts.socket, &opts.pins)?;
+    let mut src = Source::open(&opts.socket, &opts.pins, &opts.mountinfo)?;
     if opts.once {
         if let Source::Pins(c) = &mut src {
             // Two passes a moment apart give rates.
@@ -158,16 +160,76 @@ fn row_line(r: &CgroupRow, width: usize) -> String {
         .map(|d| format!("{}:{}/{}", d.addr, d.port, d.proto))
         .collect();
     let line = format!(
-        "{:<40} {:>10} {:>10} {:>10} {:>7.1} {:>10} {}",
+        "{:<40} {:>10} {:>10} {:>10} {:>7.1} {:>10} {:>10} {:>10} {:>8} {}",
         truncate(&path, 40),
         human(r.rates.egress_internal_bytes),
         human(r.rates.egress_external_bytes),
         human(r.rates.ingress_bytes),
         r.rates.connects,
         human(r.egress.total_bytes() as f64),
+        human(r.storage_written_bytes as f64),
+        human(r.storage_read_bytes as f64),
+        r.out_per_storage_read
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "-".into()),
         dests.join(" ")
     );
     truncate(&line, width)
+}
+
+/// The storage section: one line per (cgroup, mount) with reads or
+/// writes, then the watched mounts.
+fn storage_lines(s: &Snapshot, rows: usize, width: usize) -> String {
+    let mut out = format!("\nstorage: {}\n", s.storage.status);
+    let mut n = 0;
+    for r in &s.cgroups {
+        for u in &r.storage {
+            if n == rows {
+                break;
+            }
+            n += 1;
+            let path = r
+                .path
+                .clone()
+                .unwrap_or_else(|| format!("(gone) id {}", r.cgroup_id));
+            let line = format!(
+                "  {:<38} {:<30} {:>10} written ({} calls) {:>10} read ({} calls)",
+                truncate(&path, 38),
+                truncate(
+                    &format!(
+                        "{} ({})",
+                        u.mount_point.as_deref().unwrap_or(&u.dev),
+                        u.fstype.as_deref().unwrap_or("?")
+                    ),
+                    30
+                ),
+                human(u.written.bytes as f64),
+                u.written.calls,
+                human(u.read.bytes as f64),
+                u.read.calls,
+            );
+            out.push_str(&truncate(&line, width));
+            out.push('\n');
+        }
+    }
+    let mounts: Vec<String> = s
+        .storage
+        .mounts
+        .iter()
+        .map(|m| format!("{} ({}, {})", m.mount_point, m.fstype, m.dev))
+        .collect();
+    out.push_str(&truncate(
+        &format!(
+            "  watched: {}\n",
+            if mounts.is_empty() {
+                "none".into()
+            } else {
+                mounts.join(", ")
+            }
+        ),
+        width,
+    ));
+    out
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -190,13 +252,23 @@ fn truncate(s: &str, n: usize) -> String {
 /// The table: header, then up to `rows` cgroups.
 pub fn render(s: &Snapshot, rows: usize, width: usize) -> String {
     let mut out = format!(
-        "{:<40} {:>10} {:>10} {:>10} {:>7} {:>10} {}\n",
-        "CGROUP", "OUT/s INT", "OUT/s EXT", "IN/s", "CONN/s", "OUT TOTAL", "TOP DESTINATIONS"
+        "{:<40} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>8} {}\n",
+        "CGROUP",
+        "OUT/s INT",
+        "OUT/s EXT",
+        "IN/s",
+        "CONN/s",
+        "OUT TOTAL",
+        "ST WRITTEN",
+        "ST READ",
+        "OUT/READ",
+        "TOP DESTINATIONS"
     );
     for r in s.cgroups.iter().take(rows) {
         out.push_str(&row_line(r, width));
         out.push('\n');
     }
+    out.push_str(&storage_lines(s, rows, width));
     let drops = s.counters.get("ringbuf_drops").copied().unwrap_or(0);
     let full = s.counters.get("cgroup_stats_full").copied().unwrap_or(0);
     let evicted = s.counters.get("flow_evictions").copied().unwrap_or(0);

@@ -159,6 +159,9 @@ impl Agent {
             .arg(&config)
             .arg("--pin-dir")
             .arg(pin_dir)
+            // Tests run agents side by side: an ephemeral loopback port each
+            // (the agent logs the address it got).
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -18,6 +18,7 @@ pub mod netns;
 pub mod nft;
 pub mod pod;
 pub mod privileged;
+pub mod storage;
 pub mod top;
 pub mod topology;
 pub mod traffic;

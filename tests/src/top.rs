@@ -17,6 +17,55 @@ pub struct Top {
     pub cgroups: Vec<CgroupRow>,
     pub events: Vec<Event>,
     pub counters: Counters,
+    pub storage: StorageSummary,
+}
+
+/// Storage accounting status and the watched mounts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct StorageSummary {
+    /// "active", "unavailable: ...", ...
+    pub status: String,
+    pub mounts: Vec<WatchedMount>,
+}
+
+impl StorageSummary {
+    pub fn watches(&self, mount_point: &std::path::Path) -> bool {
+        self.mounts
+            .iter()
+            .any(|m| std::path::Path::new(&m.mount_point) == mount_point)
+    }
+}
+
+/// A mount whose device the kernel counts.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct WatchedMount {
+    /// `major:minor`.
+    pub dev: String,
+    pub mount_point: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// One cgroup's reads and writes on one device.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct StorageUse {
+    /// `major:minor`.
+    pub dev: String,
+    pub mount_point: Option<String>,
+    pub fstype: Option<String>,
+    pub written: Io,
+    pub read: Io,
+}
+
+/// Sum of positive read/write results and the number of such calls.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Io {
+    pub bytes: u64,
+    pub calls: u64,
 }
 
 impl Top {
@@ -50,9 +99,22 @@ pub struct CgroupRow {
     pub malformed: u64,
     pub events_dropped: u64,
     pub destinations: Vec<Destination>,
+    pub storage: Vec<StorageUse>,
+    pub storage_written_bytes: u64,
+    pub storage_read_bytes: u64,
+    pub out_per_storage_read: Option<f64>,
 }
 
 impl CgroupRow {
+    /// This cgroup's use of the device `dev` (`major:minor`), zero if none.
+    pub fn storage_on(&self, dev: &str) -> StorageUse {
+        self.storage
+            .iter()
+            .find(|u| u.dev == dev)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     /// The per-peer row for `addr`:`port`/`proto` (proto `"tcp"`/`"udp"`).
     pub fn destination(&self, addr: IpAddr, port: u16, proto: &str) -> Option<&Destination> {
         self.destinations

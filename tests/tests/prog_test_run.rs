@@ -35,6 +35,8 @@ impl Loaded {
             pins: pins.clone(),
             maps: cfg.maps.clone(),
             cidrs: cfg.cidr_table(),
+            storage: true,
+            storage_stats_entries: cfg.storage.stats_entries,
         })
         .expect("load programs");
         Self { dp, pins }

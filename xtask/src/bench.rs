@@ -16,6 +16,7 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
 mod scale;
+mod storage;
 mod traffic;
 
 use crate::{cmd, setup};
@@ -29,6 +30,9 @@ pub enum Bench {
     /// Agent cost with 110, 1,000 and 10,000 cgroups carrying traffic:
     /// drain time (batch vs per key), CPU per tick, RSS, series.
     Scale(scale::ScaleArgs),
+    /// Storage tracepoints: ns per write() to /dev/null and to a watched
+    /// FUSE mount, without and with the agent attached.
+    Storage(storage::StorageArgs),
 }
 
 #[derive(Args)]
@@ -57,6 +61,7 @@ pub fn run(bench: Bench) -> Result<()> {
     match bench {
         Bench::Dataplane(args) => dataplane(&args),
         Bench::Scale(args) => scale::run(&args),
+        Bench::Storage(args) => storage::run(&args),
     }
 }
 
@@ -219,9 +224,7 @@ pub(crate) fn ensure_root() -> Result<()> {
         .find_map(|l| l.strip_prefix("Uid:"))
         .and_then(|l| l.split_whitespace().nth(1));
     if euid != Some("0") {
-        bail!(
-            "bench dataplane creates network namespaces and attaches BPF programs: run it as root"
-        );
+        bail!("benchmarks create namespaces or mounts and attach BPF programs: run them as root");
     }
     Ok(())
 }

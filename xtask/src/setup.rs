@@ -23,6 +23,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "nsenter, unshare"),
     ("libcap2-bin", "capsh"),
     ("procps", "kill, pgrep"),
+    (
+        "bindfs",
+        "storage tests and bench (a FUSE mount as watched storage)",
+    ),
+    ("fuse3", "fusermount3 for the bindfs mounts"),
 ];
 
 /// LLVM the bpf-linker feature below links against; must match APT_PACKAGES.

@@ -5,13 +5,16 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tollgate_ebpf::{
-    COUNTER_SLOTS, CgroupStats, CidrInfo, FlowStats, LpmAddr, PeerKey,
+    COUNTER_SLOTS, CgroupStats, CidrInfo, FlowStats, IoCount, LpmAddr, PeerKey, PendingIo,
+    StorageKey,
     map::{
         DEFAULT_CGROUP_STATS_ENTRIES, DEFAULT_CIDR_ENTRIES, DEFAULT_CONN_EVENTS_BYTES,
-        DEFAULT_CONN_SEEN_ENTRIES, DEFAULT_FLOW_ENTRIES,
+        DEFAULT_CONN_SEEN_ENTRIES, DEFAULT_FLOW_ENTRIES, DEFAULT_STORAGE_DEV_ENTRIES,
+        DEFAULT_STORAGE_MAGIC_ENTRIES, DEFAULT_STORAGE_PENDING_ENTRIES,
+        DEFAULT_STORAGE_STATS_ENTRIES,
     },
 };
 
@@ -33,6 +36,20 @@ pub static CONN_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_CONN_EVENTS_BYTES, 0);
 
 #[map(name = "TG_COUNTERS")]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+#[map(name = "TG_ST_STATS")]
+pub static ST_STATS: PerCpuHashMap<StorageKey, IoCount> =
+    PerCpuHashMap::pinned(DEFAULT_STORAGE_STATS_ENTRIES, 0);
+
+#[map(name = "TG_ST_DEVS")]
+pub static ST_DEVS: HashMap<u32, u32> = HashMap::pinned(DEFAULT_STORAGE_DEV_ENTRIES, 0);
+
+#[map(name = "TG_ST_MAGICS")]
+pub static ST_MAGICS: HashMap<u64, u32> = HashMap::pinned(DEFAULT_STORAGE_MAGIC_ENTRIES, 0);
+
+#[map(name = "TG_ST_PENDING")]
+pub static ST_PENDING: HashMap<u64, PendingIo> =
+    HashMap::pinned(DEFAULT_STORAGE_PENDING_ENTRIES, 0);
 
 /// Benchmark-only counter of `tg_bench_baseline` (not pinned).
 #[map(name = "TG_BENCH")]

@@ -5,6 +5,7 @@ mod packet;
 mod skb;
 mod sock_addr;
 mod stats;
+mod storage;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -3,7 +3,10 @@
 
 mod snapshot;
 
-pub use snapshot::{CgroupRow, Counts, Destination, DirCounts, EventRow, Rates, Snapshot};
+pub use snapshot::{
+    CgroupRow, Counts, Destination, DirCounts, EventRow, IoCounts, Rates, Snapshot, StorageSummary,
+    StorageUse, WatchedMount,
+};
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -12,11 +15,15 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use tollgate_ebpf::{CGROUP_OVERFLOW, CgroupStats, Counter, FlowStats, PeerKey, proto_name};
+use tollgate_ebpf::{
+    CGROUP_OVERFLOW, CgroupStats, Counter, FlowStats, IoCount, PeerKey, STORAGE_WRITE, StorageKey,
+    proto_name,
+};
 
 use crate::{
     cgroupfs::CgroupIndex,
     ebpf::{PinDir, PinnedMaps},
+    storage::{self, Mount},
 };
 
 /// How the maps are read.
@@ -46,6 +53,15 @@ pub struct Collector {
     evictions: u64,
     /// Overflow warnings, at most one per [`WARN_INTERVAL`].
     warned: Warned,
+    /// Mount table followed for storage names.
+    mountinfo: PathBuf,
+    mounts: Vec<Mount>,
+    /// Every device ever seen in the mount table, by dev: names devices
+    /// that were unmounted after use.
+    known_devs: HashMap<u32, Mount>,
+    storage_status: String,
+    /// (written, read) bytes per cgroup at the previous pass.
+    prev_storage: HashMap<u64, (u64, u64)>,
 }
 
 /// How often a full map is logged while it stays full.
@@ -86,7 +102,11 @@ impl Warned {
 }
 
 impl Collector {
-    pub fn open(pins: &PinDir, cgroup_mount: PathBuf) -> Result<Self, crate::ebpf::DataplaneError> {
+    pub fn open(
+        pins: &PinDir,
+        cgroup_mount: PathBuf,
+        mountinfo: PathBuf,
+    ) -> Result<Self, crate::ebpf::DataplaneError> {
         let maps = PinnedMaps::open(pins)?;
         let mode = if maps.cgroup_stats_batch().is_ok() {
             DrainMode::Batch
@@ -104,7 +124,81 @@ impl Collector {
             events: VecDeque::new(),
             evictions: 0,
             warned: Warned::default(),
+            mountinfo,
+            mounts: Vec::new(),
+            known_devs: HashMap::new(),
+            storage_status: "unknown".into(),
+            prev_storage: HashMap::new(),
         })
+    }
+
+    /// What the agent says about storage accounting (shown in snapshots).
+    pub fn set_storage_status(&mut self, status: String) {
+        self.storage_status = status;
+    }
+
+    /// The mount table as of the last pass.
+    pub fn mounts(&self) -> &[Mount] {
+        &self.mounts
+    }
+
+    /// Re-reads the mount table (kept as it was if unreadable).
+    fn refresh_mounts(&mut self) {
+        match storage::read_mountinfo(&self.mountinfo) {
+            Ok(m) => {
+                // Name each mounted device after its shortest mount point;
+                // unmounted devices keep their last name.
+                let mut current: HashMap<u32, &Mount> = HashMap::new();
+                for mount in &m {
+                    let e = current.entry(mount.dev).or_insert(mount);
+                    if mount.mount_point.as_os_str().len() < e.mount_point.as_os_str().len() {
+                        *e = mount;
+                    }
+                }
+                for (dev, mount) in current {
+                    self.known_devs.insert(dev, mount.clone());
+                }
+                self.mounts = m;
+            }
+            Err(e) => {
+                tracing::warn!(path = %self.mountinfo.display(), error = %e, "cannot read mount table; storage names may be stale")
+            }
+        }
+    }
+
+    /// Storage counters grouped by cgroup.
+    fn storage_by_cgroup(&self, rows: Vec<(StorageKey, IoCount)>) -> HashMap<u64, Vec<StorageUse>> {
+        let mut by: HashMap<u64, Vec<StorageUse>> = HashMap::new();
+        for (k, v) in rows {
+            let uses = by.entry(k.cgroup_id).or_default();
+            let dev = storage::dev_string(k.dev);
+            let i = match uses.iter().position(|u| u.dev == dev) {
+                Some(i) => i,
+                None => {
+                    let m = self.known_devs.get(&k.dev);
+                    uses.push(StorageUse {
+                        dev,
+                        mount_point: m.map(|m| m.mount_point.display().to_string()),
+                        fstype: m.map(|m| m.fstype.clone()),
+                        ..StorageUse::default()
+                    });
+                    uses.len() - 1
+                }
+            };
+            let c = IoCounts {
+                bytes: v.bytes,
+                calls: v.calls,
+            };
+            if k.dir == STORAGE_WRITE {
+                uses[i].written = c;
+            } else {
+                uses[i].read = c;
+            }
+        }
+        for uses in by.values_mut() {
+            uses.sort_by(|a, b| a.dev.cmp(&b.dev));
+        }
+        by
     }
 
     pub fn mode(&self) -> DrainMode {
@@ -134,7 +228,33 @@ impl Collector {
     /// the previous pass, resolves cgroup paths.
     pub fn tick(&mut self) -> io::Result<Snapshot> {
         let now = Instant::now();
+        self.refresh_mounts();
         let cgroups = self.read_cgroups()?;
+        let storage_rows = self.maps.storage_stats(self.mode == DrainMode::Batch)?;
+        let mut storage = self.storage_by_cgroup(storage_rows);
+        let watched: Vec<WatchedMount> = self
+            .maps
+            .storage_devs()
+            .into_iter()
+            .map(|(dev, _)| {
+                let m = self.known_devs.get(&dev);
+                WatchedMount {
+                    dev: storage::dev_string(dev),
+                    mount_point: m
+                        .map(|m| m.mount_point.display().to_string())
+                        .unwrap_or_default(),
+                    fstype: m.map(|m| m.fstype.clone()).unwrap_or_default(),
+                    source: m.map(|m| m.source.clone()).unwrap_or_default(),
+                }
+            })
+            .collect();
+        // Cgroups that only touched storage still get a row.
+        let mut cgroups = cgroups;
+        for id in storage.keys() {
+            if !cgroups.iter().any(|(c, _)| c == id) {
+                cgroups.push((*id, CgroupStats::default()));
+            }
+        }
         let flows = self.read_flows()?;
         let counters = self.maps.counters()?;
         for e in self.maps.drain_events(usize::MAX) {
@@ -160,10 +280,20 @@ impl Collector {
             .iter()
             .filter(|(id, s)| *id != CGROUP_OVERFLOW || *s != CgroupStats::default())
             .map(|(id, s)| {
-                let rates = match (dt, self.prev.get(id)) {
+                let uses = storage.remove(id).unwrap_or_default();
+                let written: u64 = uses.iter().map(|u| u.written.bytes).sum();
+                let read: u64 = uses.iter().map(|u| u.read.bytes).sum();
+                let mut rates = match (dt, self.prev.get(id)) {
                     (Some(dt), Some(p)) if dt > 0.0 => Rates::between(p, s, dt),
                     _ => Rates::default(),
                 };
+                if let (Some(dt), Some((pw, pr))) = (dt, self.prev_storage.get(id))
+                    && dt > 0.0
+                {
+                    rates.storage_write_bytes = written.saturating_sub(*pw) as f64 / dt;
+                    rates.storage_read_bytes = read.saturating_sub(*pr) as f64 / dt;
+                }
+                self.prev_storage.insert(*id, (written, read));
                 let mut dests = by_cgroup.remove(id).unwrap_or_default();
                 dests.sort_by_key(|(_, f)| std::cmp::Reverse(f.tx.bytes + f.rx.bytes));
                 dests.truncate(TOP_DESTINATIONS);
@@ -182,6 +312,11 @@ impl Collector {
                     events_dropped: s.events_dropped,
                     rates,
                     destinations: dests.iter().map(|(k, f)| Destination::new(k, f)).collect(),
+                    out_per_storage_read: (read > 0)
+                        .then(|| s.egress.external.bytes as f64 / read as f64),
+                    storage: uses,
+                    storage_written_bytes: written,
+                    storage_read_bytes: read,
                 }
             })
             .collect();
@@ -217,6 +352,10 @@ impl Collector {
             cgroups: rows,
             events: self.events.iter().cloned().collect(),
             counters: named.into_iter().collect(),
+            storage: StorageSummary {
+                status: self.storage_status.clone(),
+                mounts: watched,
+            },
         })
     }
 }

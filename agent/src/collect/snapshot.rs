@@ -52,6 +52,11 @@ pub struct Rates {
     pub egress_external_bytes: f64,
     pub ingress_bytes: f64,
     pub connects: f64,
+    /// Bytes written to / read from watched storage per second.
+    #[serde(default)]
+    pub storage_write_bytes: f64,
+    #[serde(default)]
+    pub storage_read_bytes: f64,
 }
 
 impl Rates {
@@ -65,6 +70,8 @@ impl Rates {
                 cur.ingress.internal.bytes + cur.ingress.external.bytes,
             ),
             connects: d(prev.connects, cur.connects),
+            storage_write_bytes: 0.0,
+            storage_read_bytes: 0.0,
         }
     }
 
@@ -99,6 +106,58 @@ pub struct CgroupRow {
     pub events_dropped: u64,
     pub rates: Rates,
     pub destinations: Vec<Destination>,
+    /// Reads and writes on watched storage, per mount (device).
+    #[serde(default)]
+    pub storage: Vec<StorageUse>,
+    /// Sums over `storage`.
+    #[serde(default)]
+    pub storage_written_bytes: u64,
+    #[serde(default)]
+    pub storage_read_bytes: u64,
+    /// Bytes sent to external destinations per byte read from watched
+    /// storage (None before the first storage read). Near or above 1 with
+    /// large reads is the compute-to-data alarm: the pod ships out what
+    /// it reads.
+    #[serde(default)]
+    pub out_per_storage_read: Option<f64>,
+}
+
+/// Positive results of read or write calls: their sum and how many.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IoCounts {
+    pub bytes: u64,
+    pub calls: u64,
+}
+
+/// One cgroup's use of one watched device.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StorageUse {
+    /// `major:minor` of the file system.
+    pub dev: String,
+    /// Where it is (or was last seen) mounted; None if never seen.
+    pub mount_point: Option<String>,
+    pub fstype: Option<String>,
+    pub written: IoCounts,
+    pub read: IoCounts,
+}
+
+/// A mount whose device is in the kernel's filter.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WatchedMount {
+    pub dev: String,
+    pub mount_point: String,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Storage accounting as a whole.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StorageSummary {
+    /// "active", "disabled ...", "unavailable: <why>", or "unknown" when
+    /// read from pins without an agent.
+    pub status: String,
+    /// Watched mounts (one per device).
+    pub mounts: Vec<WatchedMount>,
 }
 
 /// A decoded connection event.
@@ -144,4 +203,6 @@ pub struct Snapshot {
     pub events: Vec<EventRow>,
     /// Kernel health counters by name.
     pub counters: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub storage: StorageSummary,
 }

@@ -9,7 +9,15 @@
 //!   swaps the new program into the pinned link (BPF_LINK_UPDATE): the hook
 //!   is never empty and never runs twice, so nothing is lost or counted
 //!   twice, and the kernel keeps counting while the agent is down.
+//! - `P/v{ABI}/links/tg_sys_enter`, `tg_sys_exit`: the storage raw
+//!   tracepoint links. Raw tracepoint links cannot swap programs
+//!   (BPF_LINK_UPDATE is not implemented for them), so on restart the new
+//!   program is attached first and its link renamed over the old pin,
+//!   which detaches the old one. For the microseconds both run, sys_exit
+//!   deduplicates: only the program that deletes a thread's pending entry
+//!   counts it.
 
+pub mod btf;
 pub mod sys;
 
 use std::{
@@ -26,13 +34,15 @@ use aya::{
         PerCpuValues, lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, links::FdLink,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, RawTracePoint,
+        links::FdLink,
     },
 };
 use ipnet::IpNet;
 use tollgate_ebpf::{
-    ABI_VERSION, CGROUP_OVERFLOW, COUNTER_SLOTS, CgroupStats, CidrInfo, ConnEvent, Counter,
-    FlowStats, LpmAddr, PeerKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, map, prog,
+    ABI_VERSION, CEPH_SUPER_MAGIC, CGROUP_OVERFLOW, COUNTER_SLOTS, CgroupStats, CidrInfo,
+    ConnEvent, Counter, FlowStats, IoCount, KERNEL_OFFSETS_SYMBOL, KernelOffsets, LpmAddr,
+    NFS_SUPER_MAGIC, PeerKey, PendingIo, SCOPE_EXTERNAL, SCOPE_INTERNAL, StorageKey, map, prog,
 };
 
 use crate::config::MapConfig;
@@ -176,6 +186,14 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32)> {
         map::CONN_SEEN => (MapType::LruHash, size_of::<PeerKey>() as u32, 8),
         map::CONN_EVENTS => (MapType::RingBuf, 0, 0),
         map::COUNTERS => (MapType::PerCpuArray, 4, 8),
+        map::STORAGE_STATS => (
+            MapType::PerCpuHash,
+            size_of::<StorageKey>() as u32,
+            size_of::<IoCount>() as u32,
+        ),
+        map::STORAGE_DEVS => (MapType::Hash, 4, 4),
+        map::STORAGE_MAGICS => (MapType::Hash, 8, 4),
+        map::STORAGE_PENDING => (MapType::Hash, 8, size_of::<PendingIo>() as u32),
         _ => return None,
     })
 }
@@ -263,12 +281,51 @@ pub struct LoadOptions {
     pub maps: MapConfig,
     /// (network, internal?) pairs for the scope trie.
     pub cidrs: Vec<(IpNet, bool)>,
+    /// Load the storage programs (`storage.enabled`).
+    pub storage: bool,
+    /// `storage.stats_entries`.
+    pub storage_stats_entries: u32,
+}
+
+/// Whether storage accounting runs, and if not, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageStatus {
+    Active,
+    /// Switched off in the config.
+    Disabled,
+    /// The kernel or architecture lacks what it needs; the reason.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for StorageStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Active => f.write_str("active"),
+            Self::Disabled => f.write_str("disabled (storage.enabled = false)"),
+            Self::Unavailable(why) => write!(f, "unavailable: {why}"),
+        }
+    }
+}
+
+/// The storage programs' kernel offsets from the running kernel's BTF, or
+/// why storage accounting cannot run here.
+pub fn storage_offsets() -> Result<KernelOffsets, String> {
+    if !cfg!(target_arch = "x86_64") {
+        return Err(format!(
+            "syscall argument decoding is implemented for x86_64 only (this is {})",
+            std::env::consts::ARCH
+        ));
+    }
+    btf::Btf::from_sys_fs()
+        .and_then(|b| b.kernel_offsets())
+        .map_err(|e| e.to_string())
 }
 
 /// The loaded programs and their maps.
 pub struct Dataplane {
     ebpf: Ebpf,
     pub pins: PinDir,
+    pub storage: StorageStatus,
 }
 
 impl Dataplane {
@@ -286,20 +343,156 @@ impl Dataplane {
             .map_max_entries(map::CGROUP_STATS, opts.maps.cgroup_stats_entries)
             .map_max_entries(map::FLOWS, opts.maps.flow_entries)
             .map_max_entries(map::CONN_SEEN, opts.maps.conn_seen_entries)
-            .map_max_entries(map::CONN_EVENTS, opts.maps.conn_events_bytes);
+            .map_max_entries(map::CONN_EVENTS, opts.maps.conn_events_bytes)
+            .map_max_entries(map::STORAGE_STATS, opts.storage_stats_entries);
+        let mut storage = if opts.storage {
+            match storage_offsets() {
+                Ok(o) => Ok(o),
+                Err(why) => Err(StorageStatus::Unavailable(why)),
+            }
+        } else {
+            Err(StorageStatus::Disabled)
+        };
+        if let Ok(o) = &storage {
+            loader.override_global(KERNEL_OFFSETS_SYMBOL, o, true);
+        }
         let ebpf = loader
             .load(OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         let mut dp = Self {
             ebpf,
             pins: opts.pins.clone(),
+            storage: StorageStatus::Disabled,
         };
         dp.seed_overflow()?;
         dp.set_cidrs(&opts.cidrs)?;
         for (name, hook) in PROGRAMS {
             dp.load_program(name, hook)?;
         }
+        if storage.is_ok()
+            && let Err(e) = dp.load_storage()
+        {
+            storage = Err(StorageStatus::Unavailable(format!(
+                "loading the raw tracepoint programs failed: {e}"
+            )));
+        }
+        dp.storage = match storage {
+            Ok(_) => StorageStatus::Active,
+            Err(s) => s,
+        };
+        if let StorageStatus::Unavailable(why) = &dp.storage {
+            tracing::warn!(reason = %why, "storage accounting unavailable; network accounting runs without it");
+        }
         Ok(dp)
+    }
+
+    /// Loads sys_enter/sys_exit and fills the magic filter.
+    fn load_storage(&mut self) -> Result<()> {
+        for name in [prog::SYS_ENTER, prog::SYS_EXIT] {
+            let p: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram { name })?
+                .try_into()
+                .map_err(prog_err(name))?;
+            p.load().map_err(prog_err(name))?;
+        }
+        let mut magics: HashMap<_, u64, u32> =
+            HashMap::try_from(self.map_mut(map::STORAGE_MAGICS)?)
+                .map_err(map_err(map::STORAGE_MAGICS))?;
+        for m in [CEPH_SUPER_MAGIC, NFS_SUPER_MAGIC] {
+            magics
+                .insert(m, 1, 0)
+                .map_err(map_err(map::STORAGE_MAGICS))?;
+        }
+        Ok(())
+    }
+
+    /// Attaches the storage raw tracepoints (sys_exit first, so every
+    /// pending entry sys_enter makes has its consumer) and pins their
+    /// links, replacing links pinned by an earlier agent (see the module
+    /// docs). No-op unless storage accounting is active.
+    pub fn attach_storage(&mut self) -> Result<()> {
+        if self.storage != StorageStatus::Active {
+            return Ok(());
+        }
+        for (name, tp) in [(prog::SYS_EXIT, "sys_exit"), (prog::SYS_ENTER, "sys_enter")] {
+            let p: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::MissingProgram { name })?
+                .try_into()
+                .map_err(prog_err(name))?;
+            let id = p.attach(tp).map_err(prog_err(name))?;
+            let link: FdLink = p.take_link(id).map_err(prog_err(name))?.into();
+            let pin = self.pins.links().join(name);
+            // bpffs refuses names with dots.
+            let tmp = self.pins.links().join(format!("{name}_new"));
+            let _ = std::fs::remove_file(&tmp);
+            let pinned = link.pin(&tmp).map_err(|source| DataplaneError::PinLink {
+                path: tmp.clone(),
+                source: Box::new(source),
+            })?;
+            let replaced = pin.exists();
+            std::fs::rename(&tmp, &pin).map_err(|source| DataplaneError::Io {
+                what: "renaming link pin to",
+                path: pin.clone(),
+                source,
+            })?;
+            // The pin (now at `pin`) keeps the link; dropping our fd is fine.
+            drop(pinned);
+            tracing::info!(program = name, tracepoint = tp, replaced, "attached");
+        }
+        Ok(())
+    }
+
+    /// Removes storage link pins left by an earlier agent (which detaches
+    /// those programs) when storage accounting is not active now, e.g.
+    /// switched off in the config: stale programs must not keep counting
+    /// against a filter nobody maintains.
+    pub fn detach_stale_storage(&self) {
+        if self.storage == StorageStatus::Active {
+            return;
+        }
+        for name in [prog::SYS_ENTER, prog::SYS_EXIT] {
+            let pin = self.pins.links().join(name);
+            if pin.exists() {
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => tracing::info!(
+                        program = name,
+                        "detached storage program left by an earlier agent"
+                    ),
+                    Err(e) => {
+                        tracing::warn!(program = name, link = %pin.display(), error = %e, "cannot remove stale storage link")
+                    }
+                }
+            }
+        }
+    }
+
+    /// Makes the kernel's device filter exactly `devs` (dev -> mount id).
+    /// Returns (added, removed).
+    pub fn set_storage_devs(
+        &mut self,
+        devs: &std::collections::BTreeMap<u32, u32>,
+    ) -> Result<(usize, usize)> {
+        let mut m: HashMap<_, u32, u32> = HashMap::try_from(self.map_mut(map::STORAGE_DEVS)?)
+            .map_err(map_err(map::STORAGE_DEVS))?;
+        let current: std::collections::BTreeMap<u32, u32> =
+            m.iter().filter_map(|r| r.ok()).collect();
+        let mut added = 0;
+        for (dev, id) in devs {
+            if current.get(dev) != Some(id) {
+                m.insert(dev, id, 0).map_err(map_err(map::STORAGE_DEVS))?;
+                added += 1;
+            }
+        }
+        let mut removed = 0;
+        for dev in current.keys().filter(|d| !devs.contains_key(d)) {
+            m.remove(dev).map_err(map_err(map::STORAGE_DEVS))?;
+            removed += 1;
+        }
+        Ok((added, removed))
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
@@ -571,6 +764,8 @@ pub fn lpm_key(net: &IpNet) -> Key<LpmAddr> {
 /// Maps opened from their pins, for readers (collector, `tollgate top`).
 pub struct PinnedMaps {
     pub cgroup_stats: PerCpuHashMap<MapData, u64, CgroupStats>,
+    pub storage_stats: PerCpuHashMap<MapData, StorageKey, IoCount>,
+    pub storage_devs: HashMap<MapData, u32, u32>,
     pub flows: HashMap<MapData, PeerKey, FlowStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub conn_events: aya::maps::RingBuf<MapData>,
@@ -600,6 +795,10 @@ impl PinnedMaps {
         Ok(Self {
             cgroup_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(map::CGROUP_STATS)?))
                 .map_err(map_err(map::CGROUP_STATS))?,
+            storage_stats: PerCpuHashMap::try_from(Map::PerCpuHashMap(open(map::STORAGE_STATS)?))
+                .map_err(map_err(map::STORAGE_STATS))?,
+            storage_devs: HashMap::try_from(Map::HashMap(open(map::STORAGE_DEVS)?))
+                .map_err(map_err(map::STORAGE_DEVS))?,
             flows: HashMap::try_from(Map::LruHashMap(open(map::FLOWS)?))
                 .map_err(map_err(map::FLOWS))?,
             counters: PerCpuArray::try_from(Map::PerCpuArray(open(map::COUNTERS)?))
@@ -636,6 +835,37 @@ impl PinnedMaps {
                     .map_err(|e| io::Error::other(e.to_string()))
             })
             .collect()
+    }
+
+    /// Storage counters, summed over CPUs: batch lookup, else per key.
+    pub fn storage_stats(&self, batch: bool) -> io::Result<Vec<(StorageKey, IoCount)>> {
+        let sum_io = |v: &[IoCount]| {
+            let mut t = IoCount::default();
+            for c in v {
+                t += *c;
+            }
+            t
+        };
+        if batch {
+            let rows = sys::lookup_batch::<StorageKey, IoCount>(
+                self.storage_stats.map().fd().as_fd(),
+                sys::Values::PerCpu(self.ncpu),
+                BATCH,
+            )?;
+            return Ok(rows.into_iter().map(|(k, v)| (k, sum_io(&v))).collect());
+        }
+        self.storage_stats
+            .iter()
+            .map(|r| {
+                r.map(|(k, v)| (k, sum_io(&v)))
+                    .map_err(|e| io::Error::other(e.to_string()))
+            })
+            .collect()
+    }
+
+    /// The kernel's device filter: watched dev -> mount id.
+    pub fn storage_devs(&self) -> Vec<(u32, u32)> {
+        self.storage_devs.iter().filter_map(|r| r.ok()).collect()
     }
 
     /// All flows by batch lookup.

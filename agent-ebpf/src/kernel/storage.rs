@@ -1,0 +1,276 @@
+//! Raw tracepoints `sys_enter` / `sys_exit`: bytes written to and read from
+//! watched storage (CephFS, NFS, FUSE, configured mounts), per cgroup and
+//! device.
+//!
+//! sys_enter runs for every syscall on the host, so it leaves at once
+//! unless the call is one of the read/write family. For those it resolves
+//! the fd to its super block (task -> files -> fdtable -> file -> inode ->
+//! super_block, at offsets the agent read from the kernel's BTF) and, only
+//! when the device or the fs magic is watched, stashes the device for the
+//! thread. sys_exit reads the syscall number from pt_regs (one probe read),
+//! and for the same family takes (lookup + delete) the thread's stash and
+//! counts a positive result. Unwatched fds cost the probe reads and two
+//! hash misses at entry and one hash miss at exit; nothing is written.
+//!
+//! Deleting the stash at exit also deduplicates: while an upgraded agent
+//! swaps links, old and new programs briefly both run, and only the first
+//! sys_exit program finds the stash.
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use tollgate_ebpf::{
+    Counter, IoCount, KernelOffsets, PENDING_READ, PENDING_WRITE, PendingIo, STORAGE_READ,
+    STORAGE_WRITE, StorageKey, syscall,
+};
+
+use super::{
+    maps::{ST_DEVS, ST_MAGICS, ST_PENDING, ST_STATS},
+    stats::{add, bump},
+};
+
+/// Set by the agent before loading (`EbpfLoader::set_global`, read-only
+/// .rodata); all zero (disabled) in the object.
+#[unsafe(no_mangle)]
+static TG_KOFFS: KernelOffsets = KernelOffsets {
+    enabled: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdt_max_fds: 0,
+    fdt_fd: 0,
+    file_inode: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    sb_magic: 0,
+    regs_arg: [0; 6],
+    regs_syscall: 0,
+};
+
+#[inline(always)]
+fn offsets() -> KernelOffsets {
+    // SAFETY: a plain static; the volatile read keeps the compiler from
+    // folding the object's zeroes in place of the value the agent set.
+    unsafe { core::ptr::read_volatile(&raw const TG_KOFFS) }
+}
+
+#[inline(always)]
+fn read_u64(addr: u64) -> Option<u64> {
+    // SAFETY: bpf_probe_read_kernel checks the address and fails cleanly
+    // on a bad one; nothing is dereferenced directly.
+    unsafe { bpf_probe_read_kernel(addr as *const u64) }.ok()
+}
+
+#[inline(always)]
+fn read_u32(addr: u64) -> Option<u32> {
+    // SAFETY: as in `read_u64`.
+    unsafe { bpf_probe_read_kernel(addr as *const u32) }.ok()
+}
+
+/// The raw syscall argument `n` (0..3) from the user pt_regs at `regs`.
+#[inline(always)]
+fn arg(o: &KernelOffsets, regs: u64, n: u32) -> Option<u64> {
+    let off = match n {
+        0 => o.regs_arg[0],
+        1 => o.regs_arg[1],
+        _ => o.regs_arg[2],
+    };
+    read_u64(regs + off as u64)
+}
+
+/// Whether the fd's super block is watched, and its device.
+enum Resolved {
+    Watched(u32),
+    Unwatched,
+    Failed,
+}
+
+/// fd -> super block of the current task; `Watched(dev)` when the device
+/// is in `TG_ST_DEVS` or the magic in `TG_ST_MAGICS`.
+#[inline(always)]
+fn resolve(o: &KernelOffsets, fd: u64) -> Resolved {
+    // fd arguments are `unsigned int` or `int`: the low 32 bits.
+    let fd = fd & 0xffff_ffff;
+    // SAFETY: helper without arguments; returns the current task pointer.
+    let task = unsafe { bpf_get_current_task() };
+    let Some(files) = read_u64(task + o.task_files as u64) else {
+        return Resolved::Failed;
+    };
+    let Some(fdt) = read_u64(files + o.files_fdt as u64) else {
+        return Resolved::Failed;
+    };
+    let Some(max) = read_u32(fdt + o.fdt_max_fds as u64) else {
+        return Resolved::Failed;
+    };
+    if fd >= max as u64 {
+        // Not an open fd: the call fails with EBADF.
+        return Resolved::Unwatched;
+    }
+    let Some(fds) = read_u64(fdt + o.fdt_fd as u64) else {
+        return Resolved::Failed;
+    };
+    let Some(file) = read_u64(fds + fd * 8) else {
+        return Resolved::Failed;
+    };
+    if file == 0 {
+        return Resolved::Unwatched;
+    }
+    let Some(inode) = read_u64(file + o.file_inode as u64) else {
+        return Resolved::Failed;
+    };
+    let Some(sb) = read_u64(inode + o.inode_sb as u64) else {
+        return Resolved::Failed;
+    };
+    let Some(dev) = read_u32(sb + o.sb_dev as u64) else {
+        return Resolved::Failed;
+    };
+    if ST_DEVS.get_ptr(dev).is_some() {
+        return Resolved::Watched(dev);
+    }
+    let Some(magic) = read_u64(sb + o.sb_magic as u64) else {
+        return Resolved::Failed;
+    };
+    if ST_MAGICS.get_ptr(magic).is_some() {
+        Resolved::Watched(dev)
+    } else {
+        Resolved::Unwatched
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn tg_sys_enter(ctx: RawTracePointContext) -> i32 {
+    try_sys_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_sys_enter(ctx: &RawTracePointContext) {
+    // TP_PROTO(struct pt_regs *regs, long id)
+    let nr: u64 = ctx.arg(1);
+    let args = syscall::fd_args(nr);
+    if args == 0 {
+        return;
+    }
+    let o = offsets();
+    if o.enabled == 0 {
+        return;
+    }
+    let regs: u64 = ctx.arg(0);
+    let write_dev = side(&o, regs, args & 0xff);
+    let read_dev = side(&o, regs, (args >> 8) & 0xff);
+    let mut flags = 0;
+    if write_dev != 0 {
+        flags |= PENDING_WRITE;
+    }
+    if read_dev != 0 {
+        flags |= PENDING_READ;
+    }
+    if flags != 0 {
+        let p = PendingIo {
+            write_dev,
+            read_dev,
+            syscall: nr as u32,
+            flags,
+        };
+        if ST_PENDING.insert(bpf_get_current_pid_tgid(), p, 0).is_err() {
+            bump(Counter::StoragePendingFull);
+        }
+    }
+}
+
+/// The watched device behind syscall argument `arg_plus_one - 1`, or 0
+/// (none, unwatched, or unresolvable; dev 0:0 is never a mounted fs).
+#[inline(always)]
+fn side(o: &KernelOffsets, regs: u64, arg_plus_one: u32) -> u32 {
+    if arg_plus_one == 0 {
+        return 0;
+    }
+    let Some(fd) = arg(o, regs, arg_plus_one - 1) else {
+        bump(Counter::StorageResolveFailed);
+        return 0;
+    };
+    match resolve(o, fd) {
+        Resolved::Watched(dev) => dev,
+        Resolved::Unwatched => 0,
+        Resolved::Failed => {
+            bump(Counter::StorageResolveFailed);
+            0
+        }
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn tg_sys_exit(ctx: RawTracePointContext) -> i32 {
+    try_sys_exit(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_sys_exit(ctx: &RawTracePointContext) {
+    let o = offsets();
+    if o.enabled == 0 {
+        return;
+    }
+    // TP_PROTO(struct pt_regs *regs, long ret)
+    let regs: u64 = ctx.arg(0);
+    let Some(nr) = read_u64(regs + o.regs_syscall as u64) else {
+        return;
+    };
+    if syscall::fd_args(nr) == 0 {
+        return;
+    }
+    let tid = bpf_get_current_pid_tgid();
+    let Some(p) = ST_PENDING.get_ptr(tid) else {
+        return;
+    };
+    // SAFETY: `p` points to a live value of this thread's entry; copied
+    // out before the delete below frees it.
+    let p = unsafe { *p };
+    // Only the program that deletes the stash counts (see module docs).
+    if ST_PENDING.remove(tid).is_err() {
+        return;
+    }
+    let ret: i64 = ctx.arg(1);
+    if ret <= 0 || p.syscall as u64 != nr {
+        return;
+    }
+    // SAFETY: helper without arguments.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if p.flags & PENDING_WRITE != 0 {
+        count(cgroup_id, p.write_dev, STORAGE_WRITE, ret as u64);
+    }
+    if p.flags & PENDING_READ != 0 {
+        count(cgroup_id, p.read_dev, STORAGE_READ, ret as u64);
+    }
+}
+
+#[inline(always)]
+fn count(cgroup_id: u64, dev: u32, dir: u32, bytes: u64) {
+    let key = StorageKey {
+        cgroup_id,
+        dev,
+        dir,
+    };
+    let slot = match ST_STATS.get_ptr_mut(key) {
+        Some(s) => Some(s),
+        None => {
+            // EEXIST (another CPU won the race) is fine: look up again.
+            let _ = ST_STATS.insert(key, IoCount::default(), BPF_NOEXIST as u64);
+            ST_STATS.get_ptr_mut(key)
+        }
+    };
+    let Some(s) = slot else {
+        bump(Counter::StorageStatsFull);
+        return;
+    };
+    // SAFETY: `s` points to a live map value; only field addresses are taken.
+    unsafe {
+        add(&raw mut (*s).bytes, bytes);
+        add(&raw mut (*s).calls, 1);
+    }
+}
