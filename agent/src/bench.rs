@@ -66,6 +66,7 @@ pub fn prog_bench(
             cidrs: cfg.cidr_table(),
             storage: false,
             storage_stats_entries: cfg.storage.stats_entries,
+            storage_btf: cfg.storage.btf.clone(),
         })?;
         let mut rows = Vec::new();
         for size in [64usize, 1500] {

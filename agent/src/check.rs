@@ -46,6 +46,11 @@ fn helper(t: ProgramType, h: BpfHelper) -> bool {
 
 /// Probes everything Tollgate can use.
 pub fn probe_all() -> Vec<Probe> {
+    probe_all_with(Path::new(crate::ebpf::btf::VMLINUX_BTF))
+}
+
+/// Probes everything, reading kernel BTF from `btf` (see `storage.btf`).
+pub fn probe_all_with(btf: &Path) -> Vec<Probe> {
     let kv = KernelVersion::current().ok();
     let at_least = |a, b, c| kv.is_some_and(|v| v >= KernelVersion::new(a, b, c));
     let cg = cgroupfs::cgroup2_mount();
@@ -142,8 +147,8 @@ pub fn probe_all() -> Vec<Probe> {
             "draining maps (else per-key iteration)",
         ),
         probe(
-            "BTF (/sys/kernel/btf/vmlinux)",
-            Path::new("/sys/kernel/btf/vmlinux").exists(),
+            &format!("BTF ({})", btf.display()),
+            btf.exists(),
             false,
             "kernel struct offsets for storage accounting",
         ),
@@ -153,7 +158,7 @@ pub fn probe_all() -> Vec<Probe> {
             false,
             "syscall hooks (storage)",
         ),
-        storage_probe(),
+        storage_probe(btf),
         probe(
             "program tracepoint",
             prog(ProgramType::TracePoint),
@@ -191,9 +196,9 @@ pub fn probe_all() -> Vec<Probe> {
 /// Storage accounting as a whole: kernel BTF with every struct member the
 /// programs read, raw tracepoints, x86_64. Optional: without it the agent
 /// runs network accounting only.
-fn storage_probe() -> Probe {
+fn storage_probe(btf: &Path) -> Probe {
     let raw_tp = prog(ProgramType::RawTracePoint);
-    let (available, used_for) = match (crate::ebpf::storage_offsets(), raw_tp) {
+    let (available, used_for) = match (crate::ebpf::storage_offsets(btf), raw_tp) {
         (Ok(_), true) => (
             true,
             "per-pod bytes written to/read from CephFS, NFS, FUSE (sys_enter/sys_exit)".to_owned(),

@@ -68,6 +68,11 @@ pub struct StorageConfig {
     /// (cgroup, device, direction) counter entries; calls beyond are not
     /// counted and `storage_stats_full` counts them.
     pub stats_entries: u32,
+    /// Kernel BTF to read struct offsets from. For kernels built without
+    /// /sys/kernel/btf/vmlinux, point it at a BTF file for the running
+    /// kernel; if it cannot be read, storage accounting is off (logged, and
+    /// `tollgate check --btf` says why) and everything else runs.
+    pub btf: PathBuf,
 }
 
 impl Default for StorageConfig {
@@ -78,6 +83,7 @@ impl Default for StorageConfig {
             watch_paths: Vec::new(),
             mountinfo: PathBuf::from("/proc/1/mountinfo"),
             stats_entries: tollgate_ebpf::map::DEFAULT_STORAGE_STATS_ENTRIES,
+            btf: PathBuf::from(crate::ebpf::btf::VMLINUX_BTF),
         }
     }
 }

@@ -61,6 +61,9 @@ enum Cmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Kernel BTF file to probe (as `storage.btf`).
+        #[arg(long, default_value = tollgate::ebpf::btf::VMLINUX_BTF)]
+        btf: PathBuf,
     },
     /// Live view of cgroups sorted by egress rate.
     Top {
@@ -193,8 +196,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Check { json } => {
-            if check::print(&check::probe_all(), json) {
+        Cmd::Check { json, btf } => {
+            if check::print(&check::probe_all_with(&btf), json) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_UNAVAILABLE)

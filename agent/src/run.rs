@@ -48,6 +48,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         cidrs: cfg.cidr_table(),
         storage: cfg.storage.enabled,
         storage_stats_entries: cfg.storage.stats_entries,
+        storage_btf: cfg.storage.btf.clone(),
     })?;
     let target = mount.join(&cfg.agent.attach_cgroup);
     dp.attach(&target)?;

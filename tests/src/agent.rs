@@ -245,3 +245,19 @@ fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// Polls `tollgate top` until `done` holds or `timeout` passes; returns the
+/// last snapshot either way, so the caller's assertions show the
+/// difference. Panics only if top never answered.
+pub fn top_until(pin_dir: &Path, timeout: Duration, done: impl Fn(&Top) -> bool) -> Top {
+    let mut last = None;
+    let _ = cmd::wait_until("agent snapshot", timeout, || match top(pin_dir) {
+        Ok(t) => {
+            let ok = done(&t);
+            last = Some(t);
+            ok
+        }
+        Err(_) => false,
+    });
+    last.expect("tollgate top answered at least once")
+}

@@ -75,6 +75,11 @@ impl Top {
     }
 
     /// The row for cgroup `id` (see `cgroup::TestCgroup::id`), if present.
+    /// The row of cgroup `id`, or an all-zero row if it has none yet.
+    pub fn row(&self, id: u64) -> CgroupRow {
+        self.find_cgroup(id).cloned().unwrap_or_default()
+    }
+
     pub fn find_cgroup(&self, id: u64) -> Option<&CgroupRow> {
         self.cgroups.iter().find(|c| c.cgroup_id == id)
     }

@@ -47,24 +47,12 @@ fn counts(c: &tollgate_tests::top::Count) -> Count {
     }
 }
 
-/// Polls `tollgate top` until `done` holds (the agent drains every 200 ms)
-/// or the time is up; returns the last snapshot either way so the caller's
-/// assertions show the difference.
 fn top_until(pins: &TestPinDir, done: impl Fn(&Top) -> bool) -> Top {
-    let mut last = None;
-    let _ = wait_until("agent snapshot", WAIT, || match top(pins.path()) {
-        Ok(t) => {
-            let ok = done(&t);
-            last = Some(t);
-            ok
-        }
-        Err(_) => false,
-    });
-    last.expect("tollgate top answered at least once")
+    tollgate_tests::agent::top_until(pins.path(), WAIT, done)
 }
 
 fn row(t: &Top, id: u64) -> CgroupRow {
-    t.find_cgroup(id).cloned().unwrap_or_default()
+    t.row(id)
 }
 
 /// Pod A sends K datagrams of S bytes to the internet host and K2 of S2 to

@@ -37,6 +37,7 @@ impl Loaded {
             cidrs: cfg.cidr_table(),
             storage: true,
             storage_stats_entries: cfg.storage.stats_entries,
+            storage_btf: cfg.storage.btf.clone(),
         })
         .expect("load programs");
         Self { dp, pins }

@@ -10,9 +10,8 @@
 use std::{path::Path, time::Duration};
 
 use tollgate_tests::{
-    agent::{Agent, TestPinDir, top},
+    agent::{Agent, TestPinDir},
     cgroup::TestCgroup,
-    cmd::wait_until,
     privileged,
     storage::{Bindfs, ScratchDir, Tmpfs, dev_of, run_in},
     top::{CgroupRow, Io, Top},
@@ -25,23 +24,12 @@ fn config(extra: &str) -> String {
     format!("[agent]\ntick = \"200ms\"\n[storage]\nmountinfo = \"/proc/self/mountinfo\"\n{extra}\n")
 }
 
-/// Polls `tollgate top` until `done` holds or the time is up; returns the
-/// last snapshot either way so assertions show the difference.
 fn top_until(pins: &TestPinDir, done: impl Fn(&Top) -> bool) -> Top {
-    let mut last = None;
-    let _ = wait_until("agent snapshot", WAIT, || match top(pins.path()) {
-        Ok(t) => {
-            let ok = done(&t);
-            last = Some(t);
-            ok
-        }
-        Err(_) => false,
-    });
-    last.expect("tollgate top answered at least once")
+    tollgate_tests::agent::top_until(pins.path(), WAIT, done)
 }
 
 fn row(t: &Top, id: u64) -> CgroupRow {
-    t.find_cgroup(id).cloned().unwrap_or_default()
+    t.row(id)
 }
 
 /// Runs tg-storage in the pod; returns the calls it made with a positive
@@ -331,6 +319,7 @@ fn storage_programs_load_and_check_reports_them() {
         cidrs: cfg.cidr_table(),
         storage: true,
         storage_stats_entries: cfg.storage.stats_entries,
+        storage_btf: cfg.storage.btf.clone(),
     });
     let status = dp.map(|d| d.storage.clone());
     let _ = remove_pins(&pins);
@@ -434,5 +423,75 @@ fn storage_out_per_read_ratio_is_exact() {
         r.out_per_storage_read,
         Some(out_bytes as f64 / M as f64),
         "bytes out per byte read"
+    );
+}
+
+/// Without readable kernel BTF (here: `storage.btf` pointing nowhere, as on
+/// a kernel built without /sys/kernel/btf), storage accounting is off and
+/// says why, `tollgate check` reports it unavailable but still succeeds,
+/// and network accounting runs exactly as before.
+#[test]
+fn without_btf_storage_is_off_and_everything_else_runs() {
+    use std::net::{IpAddr, SocketAddr};
+    use tollgate_tests::topology::Topology;
+    privileged!();
+    const TRAFFIC: &str = env!("CARGO_BIN_EXE_tg-traffic");
+    const K: u64 = 9;
+    const S: u64 = 111;
+    let missing = "/nonexistent/tollgate-test/vmlinux";
+    let topo = Topology::builder().pods(1).build().expect("topology");
+    let pins = TestPinDir::new().expect("pin dir");
+    let _agent = Agent::start(pins.path(), &config(&format!("btf = \"{missing}\"")))
+        .expect("agent starts without BTF");
+    let pod = topo.pod(0);
+    let to = SocketAddr::new(IpAddr::V4(topo.internet().v4), 9400).to_string();
+    pod.run(
+        &[
+            TRAFFIC,
+            "udp-send",
+            "--to",
+            &to,
+            "--count",
+            &K.to_string(),
+            "--size",
+            &S.to_string(),
+        ],
+        WAIT,
+    )
+    .expect("udp-send");
+    let id = pod.cgroup.id();
+    let t = top_until(&pins, |t| row(t, id).egress.external.bytes == K * (S + 28));
+    assert_eq!(
+        row(&t, id).egress.external.bytes,
+        K * (S + 28),
+        "network accounting unaffected"
+    );
+    assert_eq!(row(&t, id).egress.external.packets, K);
+    assert!(
+        t.storage.status.starts_with("unavailable") && t.storage.status.contains(missing),
+        "status names the cause: {:?}",
+        t.storage.status
+    );
+    let out = std::process::Command::new(tollgate_tests::agent::tollgate_bin())
+        .args(["check", "--json", "--btf", missing])
+        .output()
+        .expect("tollgate check");
+    assert!(out.status.success(), "storage is optional: check succeeds");
+    let probes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let row = probes
+        .iter()
+        .find(|p| {
+            p["feature"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("storage accounting"))
+        })
+        .expect("storage row");
+    assert_eq!(row["available"], false, "{row}");
+    assert!(
+        row["used_for"]
+            .as_str()
+            .unwrap()
+            .contains("everything else runs"),
+        "{row}"
     );
 }

@@ -285,6 +285,8 @@ pub struct LoadOptions {
     pub storage: bool,
     /// `storage.stats_entries`.
     pub storage_stats_entries: u32,
+    /// Kernel BTF for the storage programs' offsets.
+    pub storage_btf: PathBuf,
 }
 
 /// Whether storage accounting runs, and if not, why.
@@ -309,14 +311,14 @@ impl std::fmt::Display for StorageStatus {
 
 /// The storage programs' kernel offsets from the running kernel's BTF, or
 /// why storage accounting cannot run here.
-pub fn storage_offsets() -> Result<KernelOffsets, String> {
+pub fn storage_offsets(btf_path: &Path) -> Result<KernelOffsets, String> {
     if !cfg!(target_arch = "x86_64") {
         return Err(format!(
             "syscall argument decoding is implemented for x86_64 only (this is {})",
             std::env::consts::ARCH
         ));
     }
-    btf::Btf::from_sys_fs()
+    btf::Btf::from_file(btf_path)
         .and_then(|b| b.kernel_offsets())
         .map_err(|e| e.to_string())
 }
@@ -346,7 +348,7 @@ impl Dataplane {
             .map_max_entries(map::CONN_EVENTS, opts.maps.conn_events_bytes)
             .map_max_entries(map::STORAGE_STATS, opts.storage_stats_entries);
         let mut storage = if opts.storage {
-            match storage_offsets() {
+            match storage_offsets(&opts.storage_btf) {
                 Ok(o) => Ok(o),
                 Err(why) => Err(StorageStatus::Unavailable(why)),
             }
