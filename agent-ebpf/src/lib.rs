@@ -30,6 +30,8 @@ pub const ABI_VERSION: u32 = 1;
 /// | `TG_CONN_SEEN` | LRU_HASH | [`PeerKey`] -> first-seen ns (u64) | connect/sendmsg | nobody (dedup only) | 65536 | oldest pair forgotten: a later connect sends a new event |
 /// | `TG_CONN_EVENTS` | RINGBUF | [`ConnEvent`] records | connect/sendmsg | collector | 256 KiB | event dropped, [`Counter::RingbufDrops`] += 1, pair forgotten so it is sent again |
 /// | `TG_COUNTERS` | PERCPU_ARRAY | [`Counter`] index -> u64 | all programs | collector | [`COUNTER_SLOTS`] | fixed size |
+/// | `TG_QUARANTINE` | HASH | cgroup id (u64) -> [`QuarantineEntry`] | `tollgate quarantine` / agent | cgroup_skb, connect/sendmsg (cgroup and its ancestors) | 4096 | the request fails with a clear error; nothing is dropped by mistake |
+/// | `TG_QGATE` | ARRAY[1] | 0 -> number of entries in `TG_QUARANTINE` (u32) | same writers | every hook, first: 0 skips the ancestor walk | 1 | fixed |
 /// | `TG_ST_STATS` | PERCPU_HASH | [`StorageKey`] -> [`IoCount`] | sys_exit | collector (batch lookup) | 16384 | not counted, [`Counter::StorageStatsFull`] += 1 |
 /// | `TG_ST_DEVS` | HASH | kernel dev_t (u32, `major << 20 \| minor`) -> mountinfo mount id (u32) | agent (every tick, from mountinfo) | sys_enter; collector (names) | 4096 | agent logs the mounts it could not watch |
 /// | `TG_ST_MAGICS` | HASH | super block magic (u64) -> 1 (u32) | agent at start | sys_enter | 64 | fixed set (ceph, nfs) |
@@ -45,9 +47,11 @@ pub mod map {
     pub const STORAGE_DEVS: &str = "TG_ST_DEVS";
     pub const STORAGE_MAGICS: &str = "TG_ST_MAGICS";
     pub const STORAGE_PENDING: &str = "TG_ST_PENDING";
+    pub const QUARANTINE: &str = "TG_QUARANTINE";
+    pub const QUARANTINE_GATE: &str = "TG_QGATE";
 
     /// Every map the agent pins, for pin management and `tollgate check`.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 12] = [
         CGROUP_STATS,
         FLOWS,
         CIDRS,
@@ -58,6 +62,8 @@ pub mod map {
         STORAGE_DEVS,
         STORAGE_MAGICS,
         STORAGE_PENDING,
+        QUARANTINE,
+        QUARANTINE_GATE,
     ];
 
     pub const DEFAULT_CGROUP_STATS_ENTRIES: u32 = 16384;
@@ -66,6 +72,7 @@ pub mod map {
     pub const DEFAULT_CONN_SEEN_ENTRIES: u32 = 65536;
     pub const DEFAULT_CONN_EVENTS_BYTES: u32 = 256 * 1024;
     pub const DEFAULT_STORAGE_STATS_ENTRIES: u32 = 16384;
+    pub const DEFAULT_QUARANTINE_ENTRIES: u32 = 4096;
     pub const DEFAULT_STORAGE_DEV_ENTRIES: u32 = 4096;
     pub const DEFAULT_STORAGE_MAGIC_ENTRIES: u32 = 64;
     pub const DEFAULT_STORAGE_PENDING_ENTRIES: u32 = 16384;
@@ -129,8 +136,36 @@ pub struct CgroupStats {
     /// (also in [`Counter::RingbufDrops`]); the pair is reported again on
     /// its next connect or sendmsg.
     pub events_dropped: u64,
+    /// Packets dropped because the cgroup (or an ancestor) is quarantined;
+    /// not counted in `egress`/`ingress`.
+    pub quarantine_dropped: ByteCount,
+    /// connect()/sendmsg() calls refused (EPERM) by quarantine.
+    pub connects_denied: u64,
+    pub _reserved: u64,
 }
-const _: () = assert!(core::mem::size_of::<CgroupStats>() == 96);
+const _: () = assert!(core::mem::size_of::<CgroupStats>() == 128);
+
+/// Value of `TG_QUARANTINE`: what is cut off for a cgroup and everything
+/// below it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QuarantineEntry {
+    /// Unix seconds when the quarantine began (for display and audit).
+    pub since_unix: u64,
+    /// [`QF_NETWORK`] | [`QF_CONNECT`].
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<QuarantineEntry>() == 16);
+
+/// Drop every packet of the cgroup in the cgroup_skb hooks.
+pub const QF_NETWORK: u32 = 1;
+/// Refuse connect()/sendmsg() with EPERM so applications fail fast.
+pub const QF_CONNECT: u32 = 2;
+
+/// Deepest cgroup level the quarantine check walks (kubelet's deepest
+/// layout is 4-5 levels below the root).
+pub const MAX_CGROUP_DEPTH: u32 = 16;
 
 /// Address family tags used in keys and events.
 pub const FAMILY_V4: u8 = 4;

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
     ByteCount, CgroupStats, CidrInfo, ConnEvent, FAMILY_V4, FlowStats, IoCount, KernelOffsets,
-    LpmAddr, PeerKey, PendingIo, ScopeCounts, StorageKey,
+    LpmAddr, PeerKey, PendingIo, QuarantineEntry, ScopeCounts, StorageKey,
 };
 
 macro_rules! pod {
@@ -19,6 +19,7 @@ macro_rules! pod {
     )+};
 }
 pod!(
+    QuarantineEntry,
     ByteCount,
     ScopeCounts,
     CgroupStats,
@@ -133,5 +134,7 @@ impl core::ops::AddAssign for CgroupStats {
         self.new_peers = self.new_peers.wrapping_add(o.new_peers);
         self.malformed = self.malformed.wrapping_add(o.malformed);
         self.events_dropped = self.events_dropped.wrapping_add(o.events_dropped);
+        self.quarantine_dropped += o.quarantine_dropped;
+        self.connects_denied = self.connects_denied.wrapping_add(o.connects_denied);
     }
 }

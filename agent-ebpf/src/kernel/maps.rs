@@ -9,7 +9,8 @@ use aya_ebpf::{
 };
 use tollgate_ebpf::{
     COUNTER_SLOTS, CgroupStats, CidrInfo, FlowStats, IoCount, LpmAddr, PeerKey, PendingIo,
-    StorageKey,
+    QuarantineEntry, StorageKey,
+    map::DEFAULT_QUARANTINE_ENTRIES,
     map::{
         DEFAULT_CGROUP_STATS_ENTRIES, DEFAULT_CIDR_ENTRIES, DEFAULT_CONN_EVENTS_BYTES,
         DEFAULT_CONN_SEEN_ENTRIES, DEFAULT_FLOW_ENTRIES, DEFAULT_STORAGE_DEV_ENTRIES,
@@ -54,3 +55,10 @@ pub static ST_PENDING: HashMap<u64, PendingIo> =
 /// Benchmark-only counter of `tg_bench_baseline` (not pinned).
 #[map(name = "TG_BENCH")]
 pub static BENCH: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "TG_QUARANTINE")]
+pub static QUARANTINE: aya_ebpf::maps::HashMap<u64, QuarantineEntry> =
+    aya_ebpf::maps::HashMap::pinned(DEFAULT_QUARANTINE_ENTRIES, 0);
+
+#[map(name = "TG_QGATE")]
+pub static QGATE: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::pinned(1, 0);

@@ -2,6 +2,7 @@
 
 mod maps;
 mod packet;
+mod quarantine;
 mod skb;
 mod sock_addr;
 mod stats;

@@ -1,36 +1,48 @@
 //! cgroup_skb ingress and egress, attached at the cgroup v2 root: bytes and
 //! packets per cgroup, direction and scope, and the per-peer flow table.
-//! Always returns 1 (pass): accounting never drops.
+//! Returns 1 (pass) for everything but the packets of a quarantined
+//! cgroup: accounting itself never drops.
 
 use aya_ebpf::{
     helpers::generated::bpf_skb_cgroup_id, macros::cgroup_skb, programs::SkBuffContext,
 };
-use tollgate_ebpf::PeerKey;
+use tollgate_ebpf::{PeerKey, QF_NETWORK};
 
 use super::{
-    packet,
-    stats::{Dir, count_flow, count_packet},
+    packet, quarantine,
+    stats::{Dir, count_dropped, count_flow, count_packet},
 };
 
 const PASS: i32 = 1;
+const DROP: i32 = 0;
 
 #[cgroup_skb(egress)]
 pub fn tg_skb_egress(ctx: SkBuffContext) -> i32 {
-    account(&ctx, Dir::Egress);
-    PASS
+    verdict(&ctx, Dir::Egress)
 }
 
 #[cgroup_skb(ingress)]
 pub fn tg_skb_ingress(ctx: SkBuffContext) -> i32 {
-    account(&ctx, Dir::Ingress);
+    verdict(&ctx, Dir::Ingress)
+}
+
+/// Drops (and counts as dropped) the packets of quarantined cgroups;
+/// accounts and passes everything else.
+#[inline(always)]
+fn verdict(ctx: &SkBuffContext, dir: Dir) -> i32 {
+    // SAFETY: `ctx.skb` is the program's context pointer.
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
+    let bytes = ctx.len() as u64;
+    if quarantine::skb_quarantined(ctx, QF_NETWORK) {
+        count_dropped(cgroup_id, bytes);
+        return DROP;
+    }
+    account(ctx, dir, cgroup_id, bytes);
     PASS
 }
 
 #[inline(always)]
-fn account(ctx: &SkBuffContext, dir: Dir) {
-    // SAFETY: `ctx.skb` is the program's context pointer.
-    let cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
-    let bytes = ctx.len() as u64;
+fn account(ctx: &SkBuffContext, dir: Dir, cgroup_id: u64, bytes: u64) {
     let Ok(h) = packet::parse(ctx) else {
         // Unreadable headers: counted as external bytes and as malformed.
         count_packet(cgroup_id, dir, false, true, bytes);

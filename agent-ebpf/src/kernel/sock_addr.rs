@@ -10,38 +10,37 @@ use aya_ebpf::{
 };
 use tollgate_ebpf::{
     CONN_KIND_CONNECT, CONN_KIND_SENDMSG, ConnEvent, Counter, FAMILY_V4, FAMILY_V6, PeerKey,
-    v4_mapped,
+    QF_CONNECT, v4_mapped,
 };
 
 use super::{
     maps::{CONN_EVENTS, CONN_SEEN},
+    quarantine,
     stats::{add, bump, cgroup_slot, now_ns},
 };
 
 const ALLOW: i32 = 1;
+/// Makes connect()/sendmsg() fail with EPERM.
+const DENY: i32 = 0;
 
 #[cgroup_sock_addr(connect4)]
 pub fn tg_connect4(ctx: SockAddrContext) -> i32 {
-    on_addr(&ctx, false, CONN_KIND_CONNECT);
-    ALLOW
+    on_addr(&ctx, false, CONN_KIND_CONNECT)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn tg_connect6(ctx: SockAddrContext) -> i32 {
-    on_addr(&ctx, true, CONN_KIND_CONNECT);
-    ALLOW
+    on_addr(&ctx, true, CONN_KIND_CONNECT)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn tg_sendmsg4(ctx: SockAddrContext) -> i32 {
-    on_addr(&ctx, false, CONN_KIND_SENDMSG);
-    ALLOW
+    on_addr(&ctx, false, CONN_KIND_SENDMSG)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn tg_sendmsg6(ctx: SockAddrContext) -> i32 {
-    on_addr(&ctx, true, CONN_KIND_SENDMSG);
-    ALLOW
+    on_addr(&ctx, true, CONN_KIND_SENDMSG)
 }
 
 /// Destination of the call, IPv4-mapped for IPv4 and for IPv4-mapped IPv6.
@@ -67,12 +66,26 @@ fn peer(sa: &bpf_sock_addr, v6: bool) -> (u8, [u8; 16]) {
     (if mapped { FAMILY_V4 } else { FAMILY_V6 }, a)
 }
 
+/// Refuses the call for quarantined cgroups, else records it and allows it.
 #[inline(always)]
-fn on_addr(ctx: &SockAddrContext, v6: bool, kind: u8) {
-    // SAFETY: the context pointer of a cgroup_sock_addr program.
-    let sa = unsafe { &*ctx.sock_addr };
+fn on_addr(ctx: &SockAddrContext, v6: bool, kind: u8) -> i32 {
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    if quarantine::current_quarantined(QF_CONNECT) {
+        if let Some(s) = cgroup_slot(cgroup_id) {
+            // SAFETY: live map value; field address only.
+            add(unsafe { &raw mut (*s).connects_denied }, 1);
+        }
+        return DENY;
+    }
+    record(ctx, v6, kind, cgroup_id);
+    ALLOW
+}
+
+#[inline(always)]
+fn record(ctx: &SockAddrContext, v6: bool, kind: u8, cgroup_id: u64) {
+    // SAFETY: the context pointer of a cgroup_sock_addr program.
+    let sa = unsafe { &*ctx.sock_addr };
     let (family, addr) = peer(sa, v6);
     let key = PeerKey {
         cgroup_id,

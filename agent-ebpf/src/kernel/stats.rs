@@ -109,6 +109,15 @@ pub fn count_packet(cgroup_id: u64, dir: Dir, internal: bool, malformed: bool, b
     }
 }
 
+/// Counts a packet dropped by quarantine.
+#[inline(always)]
+pub fn count_dropped(cgroup_id: u64, bytes: u64) {
+    if let Some(s) = cgroup_slot(cgroup_id) {
+        // SAFETY: live map value; field address only.
+        add_count(unsafe { &raw mut (*s).quarantine_dropped }, bytes);
+    }
+}
+
 /// Counts one packet in the flow table, creating the flow, and returns
 /// whether the peer is internal (cached in the flow: the trie is consulted
 /// once per flow, not per packet).

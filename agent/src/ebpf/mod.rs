@@ -194,6 +194,12 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32)> {
         map::STORAGE_DEVS => (MapType::Hash, 4, 4),
         map::STORAGE_MAGICS => (MapType::Hash, 8, 4),
         map::STORAGE_PENDING => (MapType::Hash, 8, size_of::<PendingIo>() as u32),
+        map::QUARANTINE => (
+            MapType::Hash,
+            8,
+            size_of::<tollgate_ebpf::QuarantineEntry>() as u32,
+        ),
+        map::QUARANTINE_GATE => (MapType::Array, 4, 4),
         _ => return None,
     })
 }
