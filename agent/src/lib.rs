@@ -9,5 +9,6 @@ pub mod collect;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod ebpf;
+pub mod inventory;
 pub mod run;
 pub mod top;

@@ -193,6 +193,7 @@ fn main() -> ExitCode {
                 once,
                 json: format == Format::Json,
                 interval,
+                classes: cfg.classes.clone(),
             };
             match top::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,

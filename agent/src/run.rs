@@ -13,6 +13,11 @@ use crate::{
     collect::Collector,
     config::Config,
     ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir},
+    inventory::{
+        Inventory, Mode,
+        classes::{ClassError, Classifier},
+        kube::{self, ExpBackoff, KubeError},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +30,10 @@ pub enum RunError {
     Api(PathBuf, #[source] std::io::Error),
     #[error("signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Classes(#[from] ClassError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
 }
 
 /// Options of `tollgate run` beyond the config file.
@@ -43,8 +52,27 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     })?;
     let target = mount.join(&cfg.agent.attach_cgroup);
     dp.attach(&target)?;
-    let mut collector = Collector::open(&pins, mount.clone())?;
+    let mut inventory = Inventory::new(
+        mount.clone(),
+        cfg.inventory.grace,
+        Classifier::new(&cfg.classes)?,
+    );
+    let kubernetes = match start_kubernetes(&cfg).await {
+        Ok(Some(cluster)) => {
+            inventory.set_cluster(cluster);
+            true
+        }
+        Ok(None) => false,
+        Err(e) if cfg.inventory.mode == Mode::Kubernetes => return Err(e.into()),
+        Err(e) => {
+            tracing::info!(reason = %e, "no Kubernetes found; standalone mode (identities from cgroup paths)");
+            false
+        }
+    };
+    let mut collector = Collector::open(&pins, inventory)?;
+    collector.delete_forgotten(true);
     tracing::info!(
+        mode = if kubernetes { "kubernetes" } else { "standalone" },
         cgroup_root = %target.display(),
         pins = %pins.versioned().display(),
         tick = ?cfg.agent.tick,
@@ -95,4 +123,25 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     let _ = std::fs::remove_file(&socket);
     drop(dp);
     Ok(())
+}
+
+/// Starts the pod and namespace watches unless the config or the
+/// environment says standalone. Ok(None): standalone by choice.
+async fn start_kubernetes(cfg: &Config) -> Result<Option<kube::SharedCluster>, KubeError> {
+    if cfg.inventory.mode == Mode::Standalone {
+        return Ok(None);
+    }
+    let node = if cfg.inventory.node_name.is_empty() {
+        std::env::var("NODE_NAME").unwrap_or_default()
+    } else {
+        cfg.inventory.node_name.clone()
+    };
+    if node.is_empty() {
+        return Err(KubeError::NoNodeName);
+    }
+    let client = kube::infer_client().await?;
+    let cluster = kube::SharedCluster::default();
+    kube::spawn_watches(client, node.clone(), cluster.clone(), ExpBackoff::default());
+    tracing::info!(node = %node, "watching this node's pods");
+    Ok(Some(cluster))
 }
