@@ -169,8 +169,9 @@ pub fn names(r: &CgroupRow) -> (String, String, String) {
     let ns = r.namespace.clone().unwrap_or_else(|| "-".into());
     let mut who = match (&r.pod, &r.pod_uid) {
         (Some(p), _) => p.clone(),
-        // A pod the API has not named (yet, or no API): its uid.
-        (None, Some(uid)) => format!("pod {uid}"),
+        // A pod the API has not named (yet, or no API): its uid, cut to
+        // what fits next to the container (JSON has the whole uid).
+        (None, Some(uid)) => format!("pod {}", &uid[..uid.len().min(8)]),
         (None, None) => path(),
     };
     if r.kind.as_deref() == Some("container")

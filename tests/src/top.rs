@@ -49,6 +49,18 @@ pub struct CgroupRow {
     pub new_peers: u64,
     pub malformed: u64,
     pub destinations: Vec<Destination>,
+    /// Identity from the agent's inventory ("pod", "container", "unit",
+    /// "cgroup").
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container: Option<String>,
+    pub container_id: Option<String>,
+    pub runtime: Option<String>,
+    pub class: Option<String>,
+    /// Removed cgroup whose last counts are still reported.
+    pub gone: bool,
 }
 
 impl CgroupRow {
