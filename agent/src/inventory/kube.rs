@@ -49,10 +49,18 @@ pub struct ContainerInfo {
     pub name: String,
 }
 
+/// Annotation of a static pod's mirror: the uid kubelet uses locally
+/// (and in cgroup names), the hash of the manifest.
+const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
+
 /// What Tollgate keeps of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
+    /// The uid in the pod's cgroup name: the API uid, or for a static pod
+    /// the manifest hash from its mirror annotation.
     pub uid: String,
+    /// The API object's uid.
+    pub api_uid: String,
     pub namespace: String,
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -88,8 +96,15 @@ impl PodInfo {
                 }
             }
         }
+        let api_uid = m.uid.clone()?;
+        let mirror = m
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(MIRROR_ANNOTATION))
+            .filter(|h| !h.is_empty());
         Some(Self {
-            uid: m.uid.clone()?,
+            uid: mirror.cloned().unwrap_or_else(|| api_uid.clone()),
+            api_uid,
             namespace: m.namespace.clone().unwrap_or_default(),
             name: m.name.clone().unwrap_or_default(),
             labels: m.labels.clone().unwrap_or_default(),
@@ -133,7 +148,7 @@ pub struct NamespaceInfo {
 /// Last-known cluster state, shared by the watch tasks and the collector.
 #[derive(Debug, Default)]
 pub struct ClusterState {
-    /// By pod uid.
+    /// By the uid in the pod's cgroup name ([`PodInfo::uid`]).
     pub pods: HashMap<String, Arc<PodInfo>>,
     pub namespaces: HashMap<String, NamespaceInfo>,
     /// A complete pod list has been seen.
@@ -257,8 +272,8 @@ pub async fn watch_pods(client: Client, node: String, state: SharedCluster, back
                 }
             }
             watcher::Event::Delete(p) => {
-                if let Some(uid) = p.metadata.uid.as_deref() {
-                    st.pods.remove(uid);
+                if let Some(info) = PodInfo::from_pod(&p) {
+                    st.pods.remove(&info.uid);
                 }
             }
         }
@@ -308,3 +323,6 @@ pub async fn watch_namespaces(client: Client, state: SharedCluster, backoff: Exp
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

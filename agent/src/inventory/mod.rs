@@ -152,7 +152,10 @@ impl Inventory {
     /// refreshes Kubernetes metadata. Returns the ids forgotten now (gone
     /// for longer than the grace period).
     pub fn refresh(&mut self, ids: &[u64], now: Instant) -> Vec<u64> {
-        self.forgotten.retain(|id| ids.contains(id));
+        if !self.forgotten.is_empty() {
+            let reported: HashSet<u64> = ids.iter().copied().collect();
+            self.forgotten.retain(|id| reported.contains(id));
+        }
         if ids.iter().any(|id| self.is_unknown(*id)) {
             self.scan(now);
             for id in ids {
@@ -201,12 +204,15 @@ impl Inventory {
             })
             .map(|(id, _)| *id)
             .collect();
-        for id in &expired {
-            if let Some(e) = self.entries.remove(id) {
-                tracing::debug!(cgroup_id = id, path = ?e.path, pod = ?e.identity.pod, "forgetting removed cgroup");
-            }
-            if ids.contains(id) {
-                self.forgotten.insert(*id);
+        if !expired.is_empty() {
+            let reported: HashSet<u64> = ids.iter().copied().collect();
+            for id in &expired {
+                if let Some(e) = self.entries.remove(id) {
+                    tracing::debug!(cgroup_id = id, path = ?e.path, pod = ?e.identity.pod, "forgetting removed cgroup");
+                }
+                if reported.contains(id) {
+                    self.forgotten.insert(*id);
+                }
             }
         }
         expired

@@ -138,13 +138,16 @@ fn pod_segment(seg: &str, parent: Option<&str>) -> Option<(Driver, Qos, String)>
     is_uid(uid).then(|| (Driver::Cgroupfs, qos, uid.to_owned()))
 }
 
-/// A Kubernetes uid: 36 characters, hex and dashes (RFC 4122 text form).
+/// A pod uid as kubelet names cgroups: the API uid (36 characters, RFC
+/// 4122 text form) or, for static pods, the 32-hex-digit hash of the
+/// manifest (the mirror pod carries it in `kubernetes.io/config.mirror`).
 fn is_uid(s: &str) -> bool {
-    s.len() == 36
+    let uuid = s.len() == 36
         && s.bytes().enumerate().all(|(i, b)| match i {
             8 | 13 | 18 | 23 => b == b'-',
             _ => b.is_ascii_hexdigit(),
-        })
+        });
+    uuid || (s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// A container id: lowercase hex; runtimes use 64 characters, and the

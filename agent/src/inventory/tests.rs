@@ -66,6 +66,7 @@ fn pod_dir() -> String {
 fn pod_info() -> PodInfo {
     PodInfo {
         uid: UID.into(),
+        api_uid: UID.into(),
         namespace: "ml".into(),
         name: "train-0".into(),
         labels: BTreeMap::from([("tollgate.io/class".into(), "notebook".into())]),

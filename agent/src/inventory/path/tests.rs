@@ -164,6 +164,15 @@ fn standalone_host() {
 }
 
 #[test]
+fn static_pod_hash_uid() {
+    // Static pods (kube-apiserver, etcd) are named by their manifest hash.
+    let p = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod2b6a1d4bc3c3f8c1f1e2e5e1c1f2a3b4.slice";
+    assert_eq!(summary(&parse(p)), "pod Systemd Burstable 2b6a1d4b -");
+    let p = "/kubepods/burstable/pod2b6a1d4bc3c3f8c1f1e2e5e1c1f2a3b4";
+    assert_eq!(summary(&parse(p)), "pod Cgroupfs Burstable 2b6a1d4b -");
+}
+
+#[test]
 fn rejects_lookalikes() {
     // Not a uid, not hex, wrong parent: none of these is a pod or container.
     for p in [
