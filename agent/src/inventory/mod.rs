@@ -312,11 +312,10 @@ impl Inventory {
         let Some(pod) = st.pods.get(uid) else {
             return;
         };
-        let ns = st
-            .namespaces
-            .get(&pod.namespace)
-            .cloned()
-            .unwrap_or_default();
+        // Until the namespace watch has it, no annotation allows pod-label
+        // classes: the safe side.
+        let empty = kube::NamespaceInfo::default();
+        let ns = st.namespaces.get(&pod.namespace).unwrap_or(&empty);
         let owners: Vec<String> = pod.owners.iter().map(|o| o.kind.clone()).collect();
         let (class, source) = self.classifier.pod_class(&PodFacts {
             namespace_labels: &ns.labels,
