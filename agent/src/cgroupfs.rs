@@ -111,6 +111,11 @@ impl CgroupIndex {
         self.by_id.get(&id).map(String::as_str)
     }
 
+    /// (cgroup id, path) pairs, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &str)> {
+        self.by_id.iter().map(|(id, p)| (*id, p.as_str()))
+    }
+
     pub fn len(&self) -> usize {
         self.by_id.len()
     }

@@ -12,6 +12,11 @@ use std::{
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::inventory::{
+    InventoryConfig,
+    classes::{ClassConfig, ClassError, Classifier},
+};
+
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/tollgate/config.toml";
 /// Default Prometheus port of the agent.
 pub const DEFAULT_METRICS_ADDR: &str = "0.0.0.0:9771";
@@ -33,6 +38,8 @@ pub enum ConfigError {
         value: String,
         why: String,
     },
+    #[error(transparent)]
+    Classes(#[from] ClassError),
 }
 
 /// The whole configuration file.
@@ -44,6 +51,8 @@ pub struct Config {
     pub maps: MapConfig,
     pub metrics: MetricsConfig,
     pub storage: StorageConfig,
+    pub inventory: InventoryConfig,
+    pub classes: ClassConfig,
 }
 
 /// `[storage]`: per-pod bytes written to and read from shared file
@@ -324,6 +333,15 @@ impl Config {
                 ),
             });
         }
+        if self.inventory.grace > Duration::from_secs(3600) {
+            return Err(ConfigError::Invalid {
+                key: "inventory.grace",
+                value: humantime::format_duration(self.inventory.grace).to_string(),
+                why: "must be at most 1h (removed cgroups keep kernel map entries until then)"
+                    .into(),
+            });
+        }
+        Classifier::new(&self.classes)?;
         Ok(())
     }
 
@@ -405,6 +423,28 @@ mod tests {
         assert!(e.contains("storage.watch_paths"), "{e}");
         let c = Config::parse("[storage]\nwatch_fstypes = [\"\"]\n").unwrap();
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn inventory_and_classes_sections() {
+        let c = Config::parse(
+            "[inventory]\nmode = \"standalone\"\ngrace = \"5s\"\n[classes]\nnames = [\"serving\"]\n[[classes.path_rules]]\nglob = \"/system.slice/*.service\"\nclass = \"serving\"\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.inventory.mode, crate::inventory::Mode::Standalone);
+        let e = Config::parse("[inventory]\nmod = \"x\"\n").unwrap_err();
+        assert!(e.contains("mod"), "{e}");
+        let c = Config::parse("[inventory]\ngrace = \"2h\"\n").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("inventory.grace")
+        );
+        let c = Config::parse("[classes]\nnames = [\"Not OK\"]\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("classes.names[0]"), "{e}");
     }
 
     #[test]

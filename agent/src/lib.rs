@@ -9,6 +9,7 @@ pub mod collect;
 pub mod config;
 #[allow(unsafe_code)]
 pub mod ebpf;
+pub mod inventory;
 pub mod metrics;
 pub mod run;
 pub mod storage;

@@ -220,6 +220,7 @@ fn main() -> ExitCode {
                 json: format == Format::Json,
                 interval,
                 mountinfo: cfg.storage.mountinfo.clone(),
+                classes: cfg.classes.clone(),
             };
             match top::run(&opts) {
                 Ok(()) => ExitCode::SUCCESS,

@@ -51,19 +51,64 @@ pub fn label(v: &str) -> String {
     format!("{}...", &v[..end])
 }
 
-/// Per-pod identity labels of a row. Until pod identity is resolved the
-/// pod is the cgroup path and the class "default".
+/// Identity labels of a row: namespace, pod (the cgroup path when the
+/// inventory has no name), container, class, node.
 fn pod_labels(r: &CgroupRow, node: &str) -> Vec<(&'static str, String)> {
-    let path = r
-        .path
+    let pod = r
+        .pod
         .clone()
+        .or_else(|| r.path.clone())
         .unwrap_or_else(|| format!("cgroup:{}", r.cgroup_id));
     vec![
-        ("namespace", String::new()),
-        ("pod", label(&path)),
-        ("class", "default".into()),
+        ("namespace", label(r.namespace.as_deref().unwrap_or(""))),
+        ("pod", label(&pod)),
+        ("container", label(r.container.as_deref().unwrap_or(""))),
+        ("class", label(r.class.as_deref().unwrap_or("default"))),
         ("node", label(node)),
     ]
+}
+
+/// Rows folded by label set: two cgroups that resolve to the same labels
+/// (cut label values, a container restarted under a new cgroup within the
+/// grace period) must not produce duplicate series; their counters add up.
+fn aggregate(rows: &[CgroupRow], node: &str) -> Vec<(Vec<(&'static str, String)>, CgroupRow)> {
+    let mut out: Vec<(Vec<(&'static str, String)>, CgroupRow)> = Vec::new();
+    let mut index: std::collections::HashMap<Vec<(&'static str, String)>, usize> =
+        std::collections::HashMap::new();
+    for r in rows {
+        let l = pod_labels(r, node);
+        match index.get(&l) {
+            None => {
+                index.insert(l.clone(), out.len());
+                out.push((l, r.clone()));
+            }
+            Some(&i) => {
+                let t = &mut out[i].1;
+                for (a, b) in [(&mut t.egress, &r.egress), (&mut t.ingress, &r.ingress)] {
+                    a.internal.bytes += b.internal.bytes;
+                    a.internal.packets += b.internal.packets;
+                    a.external.bytes += b.external.bytes;
+                    a.external.packets += b.external.packets;
+                }
+                t.connects += r.connects;
+                t.new_peers += r.new_peers;
+                t.malformed += r.malformed;
+                t.events_dropped += r.events_dropped;
+                for u in &r.storage {
+                    match t.storage.iter_mut().find(|x| x.dev == u.dev) {
+                        Some(x) => {
+                            x.written.bytes += u.written.bytes;
+                            x.written.calls += u.written.calls;
+                            x.read.bytes += u.read.bytes;
+                            x.read.calls += u.read.calls;
+                        }
+                        None => t.storage.push(u.clone()),
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 /// Map capacities, for fill ratios.
@@ -90,9 +135,10 @@ impl Collector for PodCollector {
         let Some(snap) = self.rx.borrow().clone() else {
             return Ok(());
         };
-        let pods = (self.max_series / SERIES_PER_POD).min(snap.cgroups.len());
-        let rows = &snap.cgroups[..pods];
-        let labels: Vec<_> = rows.iter().map(|r| pod_labels(r, &self.node)).collect();
+        let all = aggregate(&snap.cgroups, &self.node);
+        let groups = all.len();
+        let pods = (self.max_series / SERIES_PER_POD).min(groups);
+        let (labels, rows): (Vec<_>, Vec<_>) = all.into_iter().take(pods).unzip();
 
         for (name, help, packets) in [
             (
@@ -208,7 +254,7 @@ impl Collector for PodCollector {
 
         let series =
             pods * SERIES_PER_POD + rows.iter().map(|r| r.storage.len() * 4).sum::<usize>();
-        let dropped = snap.cgroups.len().saturating_sub(pods) * SERIES_PER_POD;
+        let dropped = groups.saturating_sub(pods) * SERIES_PER_POD;
         self.exported.store(series as u64, Ordering::Relaxed);
         let fam = enc.encode_descriptor(
             "tollgate_metrics_series",
@@ -366,9 +412,9 @@ mod tests {
     fn exports_cumulative_kernel_counters() {
         let text = render(snap(&["/kubepods/a"]), 1000);
         assert!(text.contains(
-            "tollgate_pod_network_bytes_total{namespace=\"\",pod=\"/kubepods/a\",class=\"default\",node=\"node-1\",direction=\"egress\",scope=\"internal\"} 100"
+            "tollgate_pod_network_bytes_total{namespace=\"\",pod=\"/kubepods/a\",container=\"\",class=\"default\",node=\"node-1\",direction=\"egress\",scope=\"internal\"} 100"
         ), "{text}");
-        assert!(text.contains("tollgate_pod_connections_total{namespace=\"\",pod=\"/kubepods/a\",class=\"default\",node=\"node-1\"} 3"));
+        assert!(text.contains("tollgate_pod_connections_total{namespace=\"\",pod=\"/kubepods/a\",container=\"\",class=\"default\",node=\"node-1\"} 3"));
         assert!(text.contains("tollgate_kernel_events_total{counter=\"ringbuf_drops\"} 5"));
         assert!(
             text.contains("tollgate_map_fill_ratio{map=\"flows\"} 0.05"),

@@ -13,6 +13,11 @@ use crate::{
     collect::Collector,
     config::Config,
     ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir, StorageStatus},
+    inventory::{
+        Inventory, Mode,
+        classes::{ClassError, Classifier},
+        kube::{self, ExpBackoff, KubeError},
+    },
     metrics::{self, Capacity, Metrics},
     storage::{Mount, WatchRules},
 };
@@ -31,6 +36,10 @@ pub enum RunError {
     Metrics(std::net::SocketAddr, #[source] std::io::Error),
     #[error("signal handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Classes(#[from] ClassError),
+    #[error(transparent)]
+    Kube(#[from] KubeError),
 }
 
 /// Options of `tollgate run` beyond the config file.
@@ -52,7 +61,25 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     })?;
     let target = mount.join(&cfg.agent.attach_cgroup);
     dp.attach(&target)?;
-    let mut collector = Collector::open(&pins, mount.clone(), cfg.storage.mountinfo.clone())?;
+    let mut inventory = Inventory::new(
+        mount.clone(),
+        cfg.inventory.grace,
+        Classifier::new(&cfg.classes)?,
+    );
+    let kubernetes = match start_kubernetes(&cfg).await {
+        Ok(Some(cluster)) => {
+            inventory.set_cluster(cluster);
+            true
+        }
+        Ok(None) => false,
+        Err(e) if cfg.inventory.mode == Mode::Kubernetes => return Err(e.into()),
+        Err(e) => {
+            tracing::info!(reason = %e, "no Kubernetes found; standalone mode (identities from cgroup paths)");
+            false
+        }
+    };
+    let mut collector = Collector::open(&pins, inventory, cfg.storage.mountinfo.clone())?;
+    collector.delete_forgotten(true);
     let rules = WatchRules::new(&cfg.storage.watch_fstypes, &cfg.storage.watch_paths);
     if dp.storage == StorageStatus::Active {
         // Fill the device filter before the hooks run.
@@ -66,6 +93,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     dp.detach_stale_storage();
     collector.set_storage_status(dp.storage.to_string());
     tracing::info!(
+        mode = if kubernetes { "kubernetes" } else { "standalone" },
         cgroup_root = %target.display(),
         pins = %pins.versioned().display(),
         tick = ?cfg.agent.tick,
@@ -179,4 +207,25 @@ fn sync_storage(dp: &mut Dataplane, rules: &WatchRules, mounts: &[Mount]) {
             tracing::warn!(error = %e, "updating the storage device filter failed; retrying next tick")
         }
     }
+}
+
+/// Starts the pod and namespace watches unless the config or the
+/// environment says standalone. Ok(None): standalone by choice.
+async fn start_kubernetes(cfg: &Config) -> Result<Option<kube::SharedCluster>, KubeError> {
+    if cfg.inventory.mode == Mode::Standalone {
+        return Ok(None);
+    }
+    let node = if cfg.inventory.node_name.is_empty() {
+        std::env::var("NODE_NAME").unwrap_or_default()
+    } else {
+        cfg.inventory.node_name.clone()
+    };
+    if node.is_empty() {
+        return Err(KubeError::NoNodeName);
+    }
+    let client = kube::infer_client().await?;
+    let cluster = kube::SharedCluster::default();
+    kube::spawn_watches(client, node.clone(), cluster.clone(), ExpBackoff::default());
+    tracing::info!(node = %node, "watching this node's pods");
+    Ok(Some(cluster))
 }

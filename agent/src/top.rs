@@ -18,6 +18,10 @@ use crate::{
     api, cgroupfs,
     collect::{CgroupRow, Collector, Snapshot},
     ebpf::PinDir,
+    inventory::{
+        Inventory,
+        classes::{ClassConfig, Classifier},
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -41,15 +45,27 @@ enum Source {
 }
 
 impl Source {
-    fn open(socket: &Path, pins: &PinDir, mountinfo: &Path) -> Result<Self, TopError> {
+    fn open(
+        socket: &Path,
+        pins: &PinDir,
+        classes: &ClassConfig,
+        mountinfo: &Path,
+    ) -> Result<Self, TopError> {
         let agent_err = match api::fetch_snapshot(socket) {
             Ok(_) => return Ok(Self::Agent(socket.to_owned())),
             Err(e) => e.to_string(),
         };
-        let pins_err = match cgroupfs::cgroup2_mount()
+        // Without the agent: identities from cgroup paths only (the agent
+        // holds the Kubernetes watch).
+        let inventory = cgroupfs::cgroup2_mount()
             .map_err(|e| e.to_string())
-            .and_then(|m| Collector::open(pins, m, mountinfo.to_owned()).map_err(|e| e.to_string()))
-        {
+            .and_then(|m| {
+                let c = Classifier::new(classes).map_err(|e| e.to_string())?;
+                Ok(Inventory::new(m, std::time::Duration::from_secs(60), c))
+            });
+        let pins_err = match inventory.and_then(|inv| {
+            Collector::open(pins, inv, mountinfo.to_owned()).map_err(|e| e.to_string())
+        }) {
             Ok(c) => return Ok(Self::Pins(Box::new(c))),
             Err(e) => e,
         };
@@ -74,12 +90,14 @@ pub struct TopOptions {
     pub once: bool,
     pub json: bool,
     pub interval: Duration,
+    /// Classes for the no-agent fallback.
+    pub classes: ClassConfig,
     /// Mount table for naming storage devices without an agent.
     pub mountinfo: PathBuf,
 }
 
 pub fn run(opts: &TopOptions) -> Result<(), TopError> {
-    let mut src = Source::open(&opts.socket, &opts.pins, &opts.mountinfo)?;
+    let mut src = Source::open(&opts.socket, &opts.pins, &opts.classes, &opts.mountinfo)?;
     if opts.once {
         if let Source::Pins(c) = &mut src {
             // Two passes a moment apart give rates.
@@ -148,11 +166,37 @@ pub fn human(bytes_per_s: f64) -> String {
     }
 }
 
+/// (namespace, workload, class) columns: names when the inventory knows
+/// them, the cgroup path otherwise.
+pub fn names(r: &CgroupRow) -> (String, String, String) {
+    let path = || {
+        r.path
+            .clone()
+            .unwrap_or_else(|| format!("id {}", r.cgroup_id))
+    };
+    let ns = r.namespace.clone().unwrap_or_else(|| "-".into());
+    let mut who = match (&r.pod, &r.pod_uid) {
+        (Some(p), _) => p.clone(),
+        // A pod the API has not named (yet, or no API): its uid, cut to
+        // what fits next to the container (JSON has the whole uid).
+        (None, Some(uid)) => format!("pod {}", &uid[..uid.len().min(8)]),
+        (None, None) => path(),
+    };
+    if r.kind.as_deref() == Some("container")
+        && r.pod_uid.is_some()
+        && let Some(c) = &r.container
+    {
+        who = format!("{who}/{c}");
+    }
+    if r.gone {
+        who = format!("{who} (gone)");
+    }
+    let class = r.class.clone().unwrap_or_else(|| "-".into());
+    (ns, who, class)
+}
+
 fn row_line(r: &CgroupRow, width: usize) -> String {
-    let path = r
-        .path
-        .clone()
-        .unwrap_or_else(|| format!("(gone) id {}", r.cgroup_id));
+    let (ns, who, class) = names(r);
     let dests: Vec<String> = r
         .destinations
         .iter()
@@ -160,8 +204,10 @@ fn row_line(r: &CgroupRow, width: usize) -> String {
         .map(|d| format!("{}:{}/{}", d.addr, d.port, d.proto))
         .collect();
     let line = format!(
-        "{:<40} {:>10} {:>10} {:>10} {:>7.1} {:>10} {:>10} {:>10} {:>8} {}",
-        truncate(&path, 40),
+        "{:<16} {:<40} {:<10} {:>10} {:>10} {:>10} {:>7.1} {:>10} {:>10} {:>10} {:>8} {}",
+        truncate(&ns, 16),
+        truncate(&who, 40),
+        truncate(&class, 10),
         human(r.rates.egress_internal_bytes),
         human(r.rates.egress_external_bytes),
         human(r.rates.ingress_bytes),
@@ -252,8 +298,10 @@ fn truncate(s: &str, n: usize) -> String {
 /// The table: header, then up to `rows` cgroups.
 pub fn render(s: &Snapshot, rows: usize, width: usize) -> String {
     let mut out = format!(
-        "{:<40} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>8} {}\n",
-        "CGROUP",
+        "{:<16} {:<40} {:<10} {:>10} {:>10} {:>10} {:>7} {:>10} {:>10} {:>10} {:>8} {}\n",
+        "NAMESPACE",
+        "POD / WORKLOAD",
+        "CLASS",
         "OUT/s INT",
         "OUT/s EXT",
         "IN/s",

@@ -142,6 +142,16 @@ impl Agent {
     /// Writes `config_toml` to a temp file, starts the agent with output
     /// going to a log file, and waits (30 s at most) for the ready link pin.
     pub fn start(pin_dir: &Path, config_toml: &str) -> Result<Agent> {
+        Self::start_with_env(pin_dir, config_toml, &[])
+    }
+
+    /// [`Agent::start`] with extra environment variables (e.g. KUBECONFIG
+    /// pointing at a replay server).
+    pub fn start_with_env(
+        pin_dir: &Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+    ) -> Result<Agent> {
         let bin = bin_checked()?;
         let base = std::env::temp_dir().join(format!("tollgate-test-{}", crate::unique_suffix()));
         let config = base.with_extension("toml");
@@ -162,6 +172,7 @@ impl Agent {
             // Tests run agents side by side: an ephemeral loopback port each
             // (the agent logs the address it got).
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

@@ -112,6 +112,15 @@ impl TestCgroup {
         fs::metadata(&self.path).map(|m| m.ino()).unwrap_or(0)
     }
 
+    /// Creates `rel` (nested directories allowed, e.g. a kubelet layout)
+    /// below this cgroup; removed with it on drop.
+    pub fn child(&self, rel: &str) -> Result<PathBuf> {
+        let p = self.path.join(rel.trim_start_matches('/'));
+        fs::create_dir_all(&p)
+            .map_err(|e| Error::io(format!("creating cgroup {}", p.display()), e))?;
+        Ok(p)
+    }
+
     /// Moves a process (and, as cgroup v2 does, all its threads) here.
     pub fn add_pid(&self, pid: u32) -> Result<()> {
         fs::write(self.path.join("cgroup.procs"), pid.to_string())
@@ -147,6 +156,23 @@ impl TestCgroup {
 impl Drop for TestCgroup {
     fn drop(&mut self) {
         self.kill_all();
+        // cgroup.kill covers descendants; rmdir them deepest first.
+        let mut below = Vec::new();
+        let mut stack = vec![self.path.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).into_iter().flatten().flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(e.path());
+                    below.push(e.path());
+                }
+            }
+        }
+        below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for d in below {
+            let _ = cmd::wait_until("cgroup rmdir", Duration::from_secs(5), || {
+                fs::remove_dir(&d).is_ok() || !d.exists()
+            });
+        }
         // rmdir fails with EBUSY until the killed tasks have exited.
         let removed =
             cmd::wait_until(

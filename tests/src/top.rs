@@ -108,6 +108,18 @@ pub struct CgroupRow {
     pub storage_written_bytes: u64,
     pub storage_read_bytes: u64,
     pub out_per_storage_read: Option<f64>,
+    /// Identity from the agent's inventory ("pod", "container", "unit",
+    /// "cgroup").
+    pub kind: Option<String>,
+    pub namespace: Option<String>,
+    pub pod: Option<String>,
+    pub pod_uid: Option<String>,
+    pub container: Option<String>,
+    pub container_id: Option<String>,
+    pub runtime: Option<String>,
+    pub class: Option<String>,
+    /// Removed cgroup whose last counts are still reported.
+    pub gone: bool,
 }
 
 impl CgroupRow {

@@ -474,9 +474,17 @@ fn metrics_endpoint_exports_exact_pod_counters() {
     .expect("udp-send");
     let addr = metrics_addr(&agent);
     assert!(http_get(&addr, "/healthz").ends_with("ok\n"));
+    // The labels are the inventory's names for the pod's cgroup.
+    let id = pod.cgroup.id();
+    let t = top_until(&pins, |t| {
+        t.find_cgroup(id).is_some_and(|r| r.class.is_some())
+    });
+    let r = row(&t, id);
     let want = format!(
-        "pod=\"{}\",class=\"default\",node=\"{}\",direction=\"egress\",scope=\"external\"}} {}",
-        pod.cgroup.rel_path(),
+        "pod=\"{}\",container=\"{}\",class=\"{}\",node=\"{}\",direction=\"egress\",scope=\"external\"}} {}",
+        r.pod.clone().or(r.path.clone()).unwrap_or_default(),
+        r.container.clone().unwrap_or_default(),
+        r.class.clone().unwrap_or_else(|| "default".into()),
         tollgate::run::node_name(),
         K * (S + 28)
     );

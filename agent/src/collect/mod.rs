@@ -21,8 +21,8 @@ use tollgate_ebpf::{
 };
 
 use crate::{
-    cgroupfs::CgroupIndex,
     ebpf::{PinDir, PinnedMaps},
+    inventory::Inventory,
     storage::{self, Mount},
 };
 
@@ -43,8 +43,10 @@ const RECENT_EVENTS: usize = 1024;
 pub struct Collector {
     maps: PinnedMaps,
     mode: DrainMode,
-    cgroup_mount: PathBuf,
-    index: CgroupIndex,
+    inventory: Inventory,
+    /// Delete the kernel counters of cgroups the inventory forgot (the
+    /// agent does; a read-only `top` does not).
+    delete_forgotten: bool,
     prev: HashMap<u64, CgroupStats>,
     prev_at: Option<Instant>,
     events: VecDeque<EventRow>,
@@ -104,7 +106,7 @@ impl Warned {
 impl Collector {
     pub fn open(
         pins: &PinDir,
-        cgroup_mount: PathBuf,
+        inventory: Inventory,
         mountinfo: PathBuf,
     ) -> Result<Self, crate::ebpf::DataplaneError> {
         let maps = PinnedMaps::open(pins)?;
@@ -117,8 +119,8 @@ impl Collector {
         Ok(Self {
             maps,
             mode,
-            index: CgroupIndex::scan(&cgroup_mount),
-            cgroup_mount,
+            inventory,
+            delete_forgotten: false,
             prev: HashMap::new(),
             prev_at: None,
             events: VecDeque::new(),
@@ -209,6 +211,17 @@ impl Collector {
         self.mode = mode;
     }
 
+    /// Makes the collector delete the kernel counters of cgroups that were
+    /// removed longer than the grace period ago, so the map does not fill
+    /// with dead cgroups. Only the agent (the map's owner) does this.
+    pub fn delete_forgotten(&mut self, yes: bool) {
+        self.delete_forgotten = yes;
+    }
+
+    pub fn inventory(&self) -> &Inventory {
+        &self.inventory
+    }
+
     /// Reads the cgroup counters only (what the benchmark times).
     pub fn read_cgroups(&self) -> io::Result<Vec<(u64, CgroupStats)>> {
         match self.mode {
@@ -263,13 +276,20 @@ impl Collector {
             }
             self.events.push_back(EventRow::from(&e));
         }
-        // A cgroup we have no path for is new: rescan (cheap next to a
-        // tick; bounded by the tree size).
-        if cgroups
-            .iter()
-            .any(|(id, _)| *id != CGROUP_OVERFLOW && self.index.path(*id).is_none())
-        {
-            self.index = CgroupIndex::scan(&self.cgroup_mount);
+        // New ids make the inventory rescan the tree, so a new cgroup is
+        // named in the tick that first sees its traffic.
+        let ids: Vec<u64> = cgroups.iter().map(|(id, _)| *id).collect();
+        let forgotten = self.inventory.refresh(&ids, now);
+        if !forgotten.is_empty() {
+            cgroups.retain(|(id, _)| !forgotten.contains(id));
+            for id in &forgotten {
+                self.prev.remove(id);
+                if self.delete_forgotten
+                    && let Err(e) = self.maps.cgroup_stats.remove(id)
+                {
+                    tracing::debug!(cgroup_id = id, error = %e, "deleting counters of a forgotten cgroup");
+                }
+            }
         }
         let dt = self.prev_at.map(|t| now.duration_since(t).as_secs_f64());
         let mut by_cgroup: HashMap<u64, Vec<(PeerKey, FlowStats)>> = HashMap::new();
@@ -297,12 +317,13 @@ impl Collector {
                 let mut dests = by_cgroup.remove(id).unwrap_or_default();
                 dests.sort_by_key(|(_, f)| std::cmp::Reverse(f.tx.bytes + f.rx.bytes));
                 dests.truncate(TOP_DESTINATIONS);
-                CgroupRow {
+                let known = self.inventory.get(*id);
+                let mut row = CgroupRow {
                     cgroup_id: *id,
                     path: if *id == CGROUP_OVERFLOW {
                         Some("(overflow: map full)".into())
                     } else {
-                        self.index.path(*id).map(str::to_owned)
+                        known.and_then(|k| k.path).map(str::to_owned)
                     },
                     egress: DirCounts::from(&s.egress),
                     ingress: DirCounts::from(&s.ingress),
@@ -317,7 +338,13 @@ impl Collector {
                     storage: uses,
                     storage_written_bytes: written,
                     storage_read_bytes: read,
+                    ..CgroupRow::default()
+                };
+                if let Some(k) = known {
+                    row.set_identity(k.identity);
+                    row.gone = k.gone;
                 }
+                row
             })
             .collect();
         rows.sort_by(|a, b| {

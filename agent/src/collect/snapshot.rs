@@ -120,6 +120,46 @@ pub struct CgroupRow {
     /// it reads.
     #[serde(default)]
     pub out_per_storage_read: Option<f64>,
+    /// Who the cgroup is (see inventory::Identity): "pod", "container",
+    /// "unit" or "cgroup"; None when the inventory does not know it.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Kubernetes namespace, systemd slice or container group.
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Pod name, systemd unit or short container id.
+    #[serde(default)]
+    pub pod: Option<String>,
+    #[serde(default)]
+    pub pod_uid: Option<String>,
+    /// Container name (Kubernetes) or short id.
+    #[serde(default)]
+    pub container: Option<String>,
+    #[serde(default)]
+    pub container_id: Option<String>,
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Workload class.
+    #[serde(default)]
+    pub class: Option<String>,
+    /// The cgroup was removed: these are its last counts, kept for the
+    /// inventory's grace period.
+    #[serde(default)]
+    pub gone: bool,
+}
+
+impl CgroupRow {
+    /// Fills the identity fields.
+    pub fn set_identity(&mut self, id: &crate::inventory::Identity) {
+        self.kind = Some(id.kind.clone());
+        self.namespace = id.namespace.clone();
+        self.pod = id.pod.clone();
+        self.pod_uid = id.pod_uid.clone();
+        self.container = id.container.clone();
+        self.container_id = id.container_id.clone();
+        self.runtime = id.runtime.clone();
+        self.class = Some(id.class.clone());
+    }
 }
 
 /// Positive results of read or write calls: their sum and how many.
