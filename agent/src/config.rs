@@ -279,11 +279,11 @@ impl Config {
                 });
             }
         }
-        if self.metrics.max_series < 12 {
+        if self.metrics.max_series < 14 {
             return Err(ConfigError::Invalid {
                 key: "metrics.max_series",
                 value: self.metrics.max_series.to_string(),
-                why: "must be at least 12 (one pod's series)".into(),
+                why: "must be at least 14 (one pod's series)".into(),
             });
         }
         let st = &self.storage;

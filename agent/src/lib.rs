@@ -11,6 +11,7 @@ pub mod config;
 pub mod ebpf;
 pub mod inventory;
 pub mod metrics;
+pub mod quarantine;
 pub mod run;
 pub mod storage;
 pub mod top;

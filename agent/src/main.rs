@@ -7,6 +7,8 @@ use tollgate::{api, check, config::Config, ebpf::PinDir, run, top};
 /// Exit code for bad configuration (EX_CONFIG is 78; DESIGN.md asks for 64,
 /// EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code for a wrong command line (EX_USAGE).
+const EXIT_USAGE: u8 = 64;
 /// Exit code when the kernel lacks a required feature (EX_UNAVAILABLE).
 const EXIT_UNAVAILABLE: u8 = 69;
 
@@ -33,6 +35,9 @@ struct Common {
     /// Local API socket (default /run/tollgate/<pin dir name>.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// State directory (overrides agent.state_dir).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -96,8 +101,42 @@ enum Cmd {
         #[arg(long)]
         pin_dir: PathBuf,
     },
+    /// Cut a cgroup off the network (standalone: --cgroup PATH relative to
+    /// the cgroup v2 mount); `quarantine list` shows what is cut off.
+    #[command(args_conflicts_with_subcommands = true)]
+    Quarantine {
+        #[command(subcommand)]
+        list: Option<QuarantineCmd>,
+        #[command(flatten)]
+        common: Common,
+        /// Cgroup path relative to the cgroup v2 mount (covers everything below it).
+        #[arg(long)]
+        cgroup: Option<String>,
+        /// Why (goes to the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Release automatically after this long (e.g. 30m).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        ttl: Option<Duration>,
+    },
+    /// Lift a quarantine.
+    Release {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        cgroup: String,
+    },
     /// Remove Tollgate's pins: detaches the programs (counters are lost).
     Detach {
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCmd {
+    /// List quarantined cgroups.
+    List {
         #[command(flatten)]
         common: Common,
     },
@@ -121,6 +160,9 @@ fn load_config(c: &Common) -> Result<Config, ExitCode> {
         };
     if let Some(p) = &c.pin_dir {
         cfg.agent.pin_dir = p.clone();
+    }
+    if let Some(p) = &c.state_dir {
+        cfg.agent.state_dir = p.clone();
     }
     Ok(cfg)
 }
@@ -259,6 +301,67 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Quarantine {
+            list,
+            common,
+            cgroup,
+            reason,
+            ttl,
+        } => {
+            let common = match &list {
+                Some(QuarantineCmd::List { common }) => common.clone(),
+                None => common,
+            };
+            let cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let mut q = match open_quarantine(&cfg) {
+                Ok(q) => q,
+                Err(code) => return code,
+            };
+            if list.is_some() {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(q.records()).unwrap_or_default()
+                );
+                return ExitCode::SUCCESS;
+            }
+            let Some(cgroup) = cgroup else {
+                eprintln!("tollgate: quarantine needs --cgroup PATH (or `quarantine list`)");
+                return ExitCode::from(EXIT_USAGE);
+            };
+            match q.quarantine(&cgroup, &reason, &tollgate::quarantine::cli_user(), ttl) {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Release { common, cgroup } => {
+            let cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let mut q = match open_quarantine(&cfg) {
+                Ok(q) => q,
+                Err(code) => return code,
+            };
+            match q.release(&cgroup, &tollgate::quarantine::cli_user()) {
+                Ok(r) => {
+                    println!("released {} (cgroup id {})", r.path, r.cgroup_id);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Detach { common } => {
             let cfg = match load_config(&common) {
                 Ok(c) => c,
@@ -277,6 +380,23 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Opens the quarantine state of the configured pins and state dir.
+fn open_quarantine(cfg: &Config) -> Result<tollgate::quarantine::Quarantine, ExitCode> {
+    let mount = tollgate::cgroupfs::cgroup2_mount().map_err(|e| {
+        eprintln!("tollgate: {e}");
+        ExitCode::from(EXIT_UNAVAILABLE)
+    })?;
+    tollgate::quarantine::Quarantine::open(
+        &PinDir::new(&cfg.agent.pin_dir),
+        mount,
+        &cfg.agent.state_dir,
+    )
+    .map_err(|e| {
+        eprintln!("tollgate: {}", chain(&e));
+        ExitCode::FAILURE
+    })
 }
 
 /// An error with its causes, one line.

@@ -94,6 +94,9 @@ fn aggregate(rows: &[CgroupRow], node: &str) -> Vec<(Vec<(&'static str, String)>
                 t.new_peers += r.new_peers;
                 t.malformed += r.malformed;
                 t.events_dropped += r.events_dropped;
+                t.connects_denied += r.connects_denied;
+                t.quarantine_dropped.packets += r.quarantine_dropped.packets;
+                t.quarantine_dropped.bytes += r.quarantine_dropped.bytes;
                 for u in &r.storage {
                     match t.storage.iter_mut().find(|x| x.dev == u.dev) {
                         Some(x) => {
@@ -127,8 +130,8 @@ struct PodCollector {
     exported: Arc<AtomicU64>,
 }
 
-/// Series per pod row: 2 directions x 2 scopes x (bytes, packets) + 4.
-const SERIES_PER_POD: usize = 12;
+/// Series per pod row: 2 directions x 2 scopes x (bytes, packets) + 6.
+const SERIES_PER_POD: usize = 14;
 
 impl Collector for PodCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
@@ -180,6 +183,16 @@ impl Collector for PodCollector {
                 "tollgate_pod_malformed_packets",
                 "Packets whose headers could not be parsed (still counted)",
                 |r| r.malformed,
+            ),
+            (
+                "tollgate_pod_connections_denied",
+                "connect()/sendmsg() calls refused because the pod is quarantined",
+                |r| r.connects_denied,
+            ),
+            (
+                "tollgate_pod_quarantine_dropped_packets",
+                "Packets dropped because the pod is quarantined",
+                |r| r.quarantine_dropped.packets,
             ),
             (
                 "tollgate_pod_connection_events_dropped",
@@ -420,7 +433,7 @@ mod tests {
             text.contains("tollgate_map_fill_ratio{map=\"flows\"} 0.05"),
             "{text}"
         );
-        assert!(text.contains("tollgate_metrics_series 12"));
+        assert!(text.contains("tollgate_metrics_series 14"));
     }
 
     #[test]
@@ -444,9 +457,9 @@ mod tests {
 
     #[test]
     fn series_are_capped() {
-        let text = render(snap(&["/a", "/b", "/c"]), 24);
-        assert!(text.contains("tollgate_metrics_series 24"));
-        assert!(text.contains("tollgate_metrics_series_dropped 12"));
+        let text = render(snap(&["/a", "/b", "/c"]), 28);
+        assert!(text.contains("tollgate_metrics_series 28"));
+        assert!(text.contains("tollgate_metrics_series_dropped 14"));
         assert!(!text.contains("pod=\"/c\""));
     }
 }

@@ -19,6 +19,7 @@ use crate::{
         kube::{self, ExpBackoff, KubeError},
     },
     metrics::{self, Capacity, Metrics},
+    quarantine::Quarantine,
     storage::{Mount, WatchRules},
 };
 
@@ -78,6 +79,18 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             false
         }
     };
+    let mut quarantine = match Quarantine::open(&pins, mount.clone(), &cfg.agent.state_dir) {
+        Ok(mut q) => {
+            if let Err(e) = q.reconcile() {
+                tracing::warn!(error = %e, "reconciling quarantines failed; kernel entries stay in force");
+            }
+            Some(q)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "quarantine state unavailable; pinned quarantines stay in force");
+            None
+        }
+    };
     let mut collector = Collector::open(&pins, inventory, cfg.storage.mountinfo.clone())?;
     collector.delete_forgotten(true);
     let rules = WatchRules::new(&cfg.storage.watch_fstypes, &cfg.storage.watch_paths);
@@ -131,6 +144,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         tokio::select! {
             _ = tick.tick() => {
                 let started = std::time::Instant::now();
+                if let Some(q) = quarantine.as_mut() {
+                    q.expire();
+                }
                 let res = collector.tick();
                 if dp.storage == StorageStatus::Active {
                     sync_storage(&mut dp, &rules, collector.mounts());

@@ -103,6 +103,8 @@ pub struct CgroupRow {
     pub new_peers: u64,
     pub malformed: u64,
     pub events_dropped: u64,
+    pub quarantine_dropped: Count,
+    pub connects_denied: u64,
     pub destinations: Vec<Destination>,
     pub storage: Vec<StorageUse>,
     pub storage_written_bytes: u64,

@@ -331,6 +331,8 @@ impl Collector {
                     new_peers: s.new_peers,
                     malformed: s.malformed,
                     events_dropped: s.events_dropped,
+                    quarantine_dropped: Counts::from(&s.quarantine_dropped),
+                    connects_denied: s.connects_denied,
                     rates,
                     destinations: dests.iter().map(|(k, f)| Destination::new(k, f)).collect(),
                     out_per_storage_read: (read > 0)

@@ -104,6 +104,12 @@ pub struct CgroupRow {
     pub malformed: u64,
     /// Connection events lost to a full ring buffer (counted, not silent).
     pub events_dropped: u64,
+    /// Packets dropped because the cgroup is quarantined.
+    #[serde(default)]
+    pub quarantine_dropped: Counts,
+    /// connect()/sendmsg() calls refused by quarantine.
+    #[serde(default)]
+    pub connects_denied: u64,
     pub rates: Rates,
     pub destinations: Vec<Destination>,
     /// Reads and writes on watched storage, per mount (device).

@@ -933,3 +933,69 @@ fn sum(v: &[CgroupStats]) -> CgroupStats {
     }
     t
 }
+
+/// The pinned quarantine maps (`TG_QUARANTINE` and its gate), for the CLI
+/// and the agent. Usable while no agent runs: the kernel enforces what is
+/// in the pinned map.
+pub struct QuarantineMaps {
+    entries: HashMap<MapData, u64, tollgate_ebpf::QuarantineEntry>,
+    gate: aya::maps::Array<MapData, u32>,
+}
+
+impl QuarantineMaps {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        use aya::maps::Map;
+        let open = |name: &'static str| -> Result<MapData> {
+            let path = pins.map(name);
+            if !path.exists() {
+                return Err(DataplaneError::Io {
+                    what: "no pinned map (start the agent once: `tollgate run`)",
+                    path,
+                    source: io::Error::from(io::ErrorKind::NotFound),
+                });
+            }
+            MapData::from_pin(&path).map_err(map_err(name))
+        };
+        check_pins(pins)?;
+        Ok(Self {
+            entries: HashMap::try_from(Map::HashMap(open(map::QUARANTINE)?))
+                .map_err(map_err(map::QUARANTINE))?,
+            gate: aya::maps::Array::try_from(Map::Array(open(map::QUARANTINE_GATE)?))
+                .map_err(map_err(map::QUARANTINE_GATE))?,
+        })
+    }
+
+    /// Every quarantined cgroup id with its entry.
+    pub fn list(&self) -> Vec<(u64, tollgate_ebpf::QuarantineEntry)> {
+        self.entries.iter().filter_map(|r| r.ok()).collect()
+    }
+
+    /// Quarantines `cgroup_id` (and everything below it). The gate is
+    /// raised after the entry exists, so no packet sees the gate without
+    /// the entry it guards.
+    pub fn insert(&mut self, cgroup_id: u64, e: tollgate_ebpf::QuarantineEntry) -> Result<()> {
+        self.entries
+            .insert(cgroup_id, e, 0)
+            .map_err(map_err(map::QUARANTINE))?;
+        self.sync_gate()
+    }
+
+    pub fn remove(&mut self, cgroup_id: u64) -> Result<bool> {
+        let removed = match self.entries.remove(&cgroup_id) {
+            Ok(()) => true,
+            Err(aya::maps::MapError::KeyNotFound) => false,
+            Err(e) => return Err(map_err(map::QUARANTINE)(e)),
+        };
+        self.sync_gate()?;
+        Ok(removed)
+    }
+
+    /// Sets the gate to the number of entries (0 lets the hooks skip the
+    /// ancestor walk).
+    pub fn sync_gate(&mut self) -> Result<()> {
+        let n = self.entries.keys().filter(|k| k.is_ok()).count() as u32;
+        self.gate
+            .set(0, n, 0)
+            .map_err(map_err(map::QUARANTINE_GATE))
+    }
+}
