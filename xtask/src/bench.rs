@@ -46,6 +46,10 @@ pub struct DataplaneArgs {
     /// Use this agent binary instead of building target/release/tollgate.
     #[arg(long)]
     bin: Option<PathBuf>,
+    /// Run the agent with storage accounting off, to see the network
+    /// hooks' cost alone (the storage hooks tax every syscall).
+    #[arg(long)]
+    no_storage: bool,
 }
 
 const PIN_DIR: &str = "/sys/fs/bpf/tollgate-bench";
@@ -99,7 +103,18 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
         };
         for attached in order {
             match (attached, agent.is_some()) {
-                (true, false) => agent = Some(Agent::start(&bin)?),
+                (true, false) => {
+                    agent = Some(if args.no_storage {
+                        Agent::start_with(
+                            &bin,
+                            PIN_DIR,
+                            SOCKET,
+                            &["--config", &no_storage_config()?],
+                        )?
+                    } else {
+                        Agent::start(&bin)?
+                    })
+                }
                 (false, true) => agent.take().expect("checked is_some").stop()?,
                 _ => {}
             }
@@ -122,8 +137,10 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
     }
 
     println!(
-        "\ndata-plane throughput, median of {} runs each ({} s per run)\n",
-        args.pairs, args.seconds
+        "\ndata-plane throughput, median of {} runs each ({} s per run), storage accounting {}\n",
+        args.pairs,
+        args.seconds,
+        if args.no_storage { "off" } else { "on" }
     );
     println!(
         "{:<16} | {:>13} | {:>13} | {:>6} | target",
@@ -133,6 +150,13 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
     tcp.row("TCP throughput", |v| format!("{:.2} Gbit/s", v / 1e9), 0.99);
     udp.row("UDP 64 B rate", |v| format!("{:.1} kpps", v / 1e3), 0.97);
     Ok(())
+}
+
+/// A config file that switches storage accounting off.
+fn no_storage_config() -> Result<String> {
+    let path = std::env::temp_dir().join("tollgate-bench-no-storage.toml");
+    std::fs::write(&path, "[storage]\nenabled = false\n").context("writing the bench config")?;
+    Ok(path.display().to_string())
 }
 
 /// Per-packet half: `tollgate bench-prog` runs the egress program and a
