@@ -90,3 +90,22 @@ impl Drop for Sink {
         }
     }
 }
+
+/// Runs `tg-traffic udp-send` (at `bin`) in `pod`: exactly `count`
+/// datagrams of `size` payload bytes to `to`, within `timeout`.
+pub fn udp_send(
+    pod: &crate::pod::Pod,
+    bin: &str,
+    to: &str,
+    count: u64,
+    size: u64,
+    timeout: Duration,
+) -> Result<Output> {
+    let (count, size) = (count.to_string(), size.to_string());
+    pod.run(
+        &[
+            bin, "udp-send", "--to", to, "--count", &count, "--size", &size,
+        ],
+        timeout,
+    )
+}

@@ -458,20 +458,7 @@ fn metrics_endpoint_exports_exact_pod_counters() {
     let agent = Agent::start(pins.path(), CONFIG).expect("agent starts");
     let pod = topo.pod(0);
     let to = SocketAddr::new(IpAddr::V4(topo.internet().v4), 9300).to_string();
-    pod.run(
-        &[
-            TRAFFIC,
-            "udp-send",
-            "--to",
-            &to,
-            "--count",
-            &K.to_string(),
-            "--size",
-            &S.to_string(),
-        ],
-        WAIT,
-    )
-    .expect("udp-send");
+    tollgate_tests::traffic::udp_send(pod, TRAFFIC, &to, K, S, WAIT).expect("udp-send");
     let addr = metrics_addr(&agent);
     assert!(http_get(&addr, "/healthz").ends_with("ok\n"));
     // The labels are the inventory's names for the pod's cgroup.

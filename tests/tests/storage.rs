@@ -395,20 +395,7 @@ fn storage_out_per_read_ratio_is_exact() {
         "20",
     ]))
     .expect("sink");
-    pod.run(
-        &[
-            TRAFFIC,
-            "udp-send",
-            "--to",
-            &to,
-            "--count",
-            &K.to_string(),
-            "--size",
-            &S.to_string(),
-        ],
-        WAIT,
-    )
-    .expect("udp-send");
+    tollgate_tests::traffic::udp_send(pod, TRAFFIC, &to, K, S, WAIT).expect("udp-send");
     assert_eq!(sink.finish(WAIT).expect("sink").last_number(), Some(K));
     let out_bytes = K * (S + 28);
     let id = pod.cgroup.id();
@@ -445,20 +432,7 @@ fn without_btf_storage_is_off_and_everything_else_runs() {
         .expect("agent starts without BTF");
     let pod = topo.pod(0);
     let to = SocketAddr::new(IpAddr::V4(topo.internet().v4), 9400).to_string();
-    pod.run(
-        &[
-            TRAFFIC,
-            "udp-send",
-            "--to",
-            &to,
-            "--count",
-            &K.to_string(),
-            "--size",
-            &S.to_string(),
-        ],
-        WAIT,
-    )
-    .expect("udp-send");
+    tollgate_tests::traffic::udp_send(pod, TRAFFIC, &to, K, S, WAIT).expect("udp-send");
     let id = pod.cgroup.id();
     let t = top_until(&pins, |t| row(t, id).egress.external.bytes == K * (S + 28));
     assert_eq!(

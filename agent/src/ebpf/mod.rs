@@ -769,6 +769,20 @@ pub fn lpm_key(net: &IpNet) -> Key<LpmAddr> {
     }
 }
 
+/// Opens one pinned map of this ABI version, naming the fix when the agent
+/// never ran (nothing pinned yet).
+fn open_pinned(pins: &PinDir, name: &'static str) -> Result<MapData> {
+    let path = pins.map(name);
+    if !path.exists() {
+        return Err(DataplaneError::Io {
+            what: "no pinned map (start the agent once: `tollgate run`)",
+            path,
+            source: io::Error::from(io::ErrorKind::NotFound),
+        });
+    }
+    MapData::from_pin(&path).map_err(map_err(name))
+}
+
 /// Maps opened from their pins, for readers (collector, `tollgate top`).
 pub struct PinnedMaps {
     pub cgroup_stats: PerCpuHashMap<MapData, u64, CgroupStats>,
@@ -783,17 +797,7 @@ pub struct PinnedMaps {
 impl PinnedMaps {
     pub fn open(pins: &PinDir) -> Result<Self> {
         use aya::maps::Map;
-        let open = |name: &'static str| -> Result<MapData> {
-            let path = pins.map(name);
-            if !path.exists() {
-                return Err(DataplaneError::Io {
-                    what: "no pinned map (start the agent: `tollgate run`)",
-                    path,
-                    source: io::Error::from(io::ErrorKind::NotFound),
-                });
-            }
-            MapData::from_pin(&path).map_err(map_err(name))
-        };
+        let open = |name: &'static str| open_pinned(pins, name);
         check_pins(pins)?;
         let ncpu = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
             what: "reading possible CPUs",
@@ -945,17 +949,7 @@ pub struct QuarantineMaps {
 impl QuarantineMaps {
     pub fn open(pins: &PinDir) -> Result<Self> {
         use aya::maps::Map;
-        let open = |name: &'static str| -> Result<MapData> {
-            let path = pins.map(name);
-            if !path.exists() {
-                return Err(DataplaneError::Io {
-                    what: "no pinned map (start the agent once: `tollgate run`)",
-                    path,
-                    source: io::Error::from(io::ErrorKind::NotFound),
-                });
-            }
-            MapData::from_pin(&path).map_err(map_err(name))
-        };
+        let open = |name: &'static str| open_pinned(pins, name);
         check_pins(pins)?;
         Ok(Self {
             entries: HashMap::try_from(Map::HashMap(open(map::QUARANTINE)?))
