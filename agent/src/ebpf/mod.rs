@@ -851,25 +851,24 @@ impl PinnedMaps {
 
     /// Storage counters, summed over CPUs: batch lookup, else per key.
     pub fn storage_stats(&self, batch: bool) -> io::Result<Vec<(StorageKey, IoCount)>> {
-        let sum_io = |v: &[IoCount]| {
-            let mut t = IoCount::default();
-            for c in v {
-                t += *c;
-            }
-            t
-        };
         if batch {
-            let rows = sys::lookup_batch::<StorageKey, IoCount>(
+            let mut out = Vec::new();
+            sys::lookup_batch_each::<StorageKey, IoCount>(
                 self.storage_stats.map().fd().as_fd(),
                 sys::Values::PerCpu(self.ncpu),
                 BATCH,
+                |k, per_cpu| {
+                    let mut t = IoCount::default();
+                    per_cpu.for_each(|v| t += v);
+                    out.push((k, t));
+                },
             )?;
-            return Ok(rows.into_iter().map(|(k, v)| (k, sum_io(&v))).collect());
+            return Ok(out);
         }
         self.storage_stats
             .iter()
             .map(|r| {
-                r.map(|(k, v)| (k, sum_io(&v)))
+                r.map(|(k, v)| (k, sum(&v)))
                     .map_err(|e| io::Error::other(e.to_string()))
             })
             .collect()
@@ -930,8 +929,9 @@ impl PinnedMaps {
 
 const BATCH: u32 = 512;
 
-fn sum(v: &[CgroupStats]) -> CgroupStats {
-    let mut t = CgroupStats::default();
+/// Sum of per-CPU values.
+fn sum<T: Default + Copy + std::ops::AddAssign>(v: &[T]) -> T {
+    let mut t = T::default();
     for s in v {
         t += *s;
     }
