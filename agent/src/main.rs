@@ -276,30 +276,9 @@ fn main() -> ExitCode {
             repeat,
             rounds,
             pin_dir,
-        } => match tollgate::bench::prog_bench(&pin_dir, repeat, rounds) {
-            Ok(rows) => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).unwrap_or_default()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("tollgate: {}", chain(&e));
-                ExitCode::FAILURE
-            }
-        },
+        } => print_json(tollgate::bench::prog_bench(&pin_dir, repeat, rounds)),
         Cmd::BenchDrain { rounds, pin_dir } => {
-            match tollgate::bench::drain_bench(&PinDir::new(pin_dir), rounds) {
-                Ok(row) => {
-                    println!("{}", serde_json::to_string_pretty(&row).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("tollgate: {}", chain(&e));
-                    ExitCode::FAILURE
-                }
-            }
+            print_json(tollgate::bench::drain_bench(&PinDir::new(pin_dir), rounds))
         }
         Cmd::Quarantine {
             list,
@@ -331,16 +310,7 @@ fn main() -> ExitCode {
                 eprintln!("tollgate: quarantine needs --cgroup PATH (or `quarantine list`)");
                 return ExitCode::from(EXIT_USAGE);
             };
-            match q.quarantine(&cgroup, &reason, &tollgate::quarantine::cli_user(), ttl) {
-                Ok(r) => {
-                    println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("tollgate: {}", chain(&e));
-                    ExitCode::FAILURE
-                }
-            }
+            print_json(q.quarantine(&cgroup, &reason, &tollgate::quarantine::cli_user(), ttl))
         }
         Cmd::Release { common, cgroup } => {
             let cfg = match load_config(&common) {
@@ -397,6 +367,20 @@ fn open_quarantine(cfg: &Config) -> Result<tollgate::quarantine::Quarantine, Exi
         eprintln!("tollgate: {}", chain(&e));
         ExitCode::FAILURE
     })
+}
+
+/// Prints a command's result as JSON, or its error with causes.
+fn print_json<T: serde::Serialize, E: std::error::Error>(r: Result<T, E>) -> ExitCode {
+    match r {
+        Ok(v) => {
+            println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tollgate: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// An error with its causes, one line.

@@ -821,15 +821,19 @@ impl PinnedMaps {
         })
     }
 
-    /// All cgroup counters, summed over CPUs, by batch lookup.
-    pub fn cgroup_stats_batch(&self) -> io::Result<Vec<(u64, CgroupStats)>> {
+    /// Every entry of a per-CPU hash, summed over CPUs, by batch lookup
+    /// (no allocation per entry).
+    fn summed_batch<K: aya::Pod, V: aya::Pod + Default + std::ops::AddAssign>(
+        &self,
+        map: &PerCpuHashMap<MapData, K, V>,
+    ) -> io::Result<Vec<(K, V)>> {
         let mut out = Vec::new();
-        sys::lookup_batch_each::<u64, CgroupStats>(
-            self.cgroup_stats.map().fd().as_fd(),
+        sys::lookup_batch_each::<K, V>(
+            map.map().fd().as_fd(),
             sys::Values::PerCpu(self.ncpu),
             BATCH,
             |k, per_cpu| {
-                let mut t = CgroupStats::default();
+                let mut t = V::default();
                 per_cpu.for_each(|v| t += v);
                 out.push((k, t));
             },
@@ -839,9 +843,10 @@ impl PinnedMaps {
 
     /// The same by per-key iteration (fallback for kernels without batch
     /// operations, and the benchmark's baseline).
-    pub fn cgroup_stats_per_key(&self) -> io::Result<Vec<(u64, CgroupStats)>> {
-        self.cgroup_stats
-            .iter()
+    fn summed_per_key<K: aya::Pod, V: aya::Pod + Default + std::ops::AddAssign>(
+        map: &PerCpuHashMap<MapData, K, V>,
+    ) -> io::Result<Vec<(K, V)>> {
+        map.iter()
             .map(|r| {
                 r.map(|(k, v)| (k, sum(&v)))
                     .map_err(|e| io::Error::other(e.to_string()))
@@ -849,29 +854,23 @@ impl PinnedMaps {
             .collect()
     }
 
+    /// All cgroup counters, summed over CPUs, by batch lookup.
+    pub fn cgroup_stats_batch(&self) -> io::Result<Vec<(u64, CgroupStats)>> {
+        self.summed_batch(&self.cgroup_stats)
+    }
+
+    /// The same by per-key iteration.
+    pub fn cgroup_stats_per_key(&self) -> io::Result<Vec<(u64, CgroupStats)>> {
+        Self::summed_per_key(&self.cgroup_stats)
+    }
+
     /// Storage counters, summed over CPUs: batch lookup, else per key.
     pub fn storage_stats(&self, batch: bool) -> io::Result<Vec<(StorageKey, IoCount)>> {
         if batch {
-            let mut out = Vec::new();
-            sys::lookup_batch_each::<StorageKey, IoCount>(
-                self.storage_stats.map().fd().as_fd(),
-                sys::Values::PerCpu(self.ncpu),
-                BATCH,
-                |k, per_cpu| {
-                    let mut t = IoCount::default();
-                    per_cpu.for_each(|v| t += v);
-                    out.push((k, t));
-                },
-            )?;
-            return Ok(out);
+            self.summed_batch(&self.storage_stats)
+        } else {
+            Self::summed_per_key(&self.storage_stats)
         }
-        self.storage_stats
-            .iter()
-            .map(|r| {
-                r.map(|(k, v)| (k, sum(&v)))
-                    .map_err(|e| io::Error::other(e.to_string()))
-            })
-            .collect()
     }
 
     /// The kernel's device filter: watched dev -> mount id.
