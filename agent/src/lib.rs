@@ -7,6 +7,7 @@ pub mod cgroupfs;
 pub mod check;
 pub mod collect;
 pub mod config;
+pub mod detect;
 #[allow(unsafe_code)]
 pub mod ebpf;
 pub mod inventory;

@@ -2,11 +2,13 @@
 //! table of totals and rates, and decodes connection events.
 
 mod snapshot;
+mod window;
 
 pub use snapshot::{
     CgroupRow, Counts, Destination, DirCounts, EventRow, IoCounts, Rates, Snapshot, StorageSummary,
     StorageUse, WatchedMount,
 };
+pub use window::{Features, PeerWindow, WindowSample};
 
 use std::{
     collections::{HashMap, VecDeque},
