@@ -32,7 +32,7 @@ pub const ABI_VERSION: u32 = 1;
 /// | `TG_COUNTERS` | PERCPU_ARRAY | [`Counter`] index -> u64 | all programs | collector | [`COUNTER_SLOTS`] | fixed size |
 /// | `TG_QUARANTINE` | HASH | cgroup id (u64) -> [`QuarantineEntry`] | `tollgate quarantine` / agent | cgroup_skb, connect/sendmsg (cgroup and its ancestors) | 4096 | the request fails with a clear error; nothing is dropped by mistake |
 /// | `TG_QGATE` | ARRAY[1] | 0 -> number of entries in `TG_QUARANTINE` (u32) | same writers | every hook, first: 0 skips the ancestor walk | 1 | fixed |
-/// | `TG_ST_STATS` | PERCPU_HASH | [`StorageKey`] -> [`IoCount`] | sys_exit | collector (batch lookup) | 16384 | not counted, [`Counter::StorageStatsFull`] += 1 |
+/// | `TG_ST_STATS` | PERCPU_HASH | [`StorageKey`] -> [`IoCount`] | sys_exit | collector (batch lookup) | 16384 | counted under (`CGROUP_OVERFLOW`, dev 0, dir), seeded by the loader, and [`Counter::StorageStatsFull`] += 1 |
 /// | `TG_ST_DEVS` | HASH | kernel dev_t (u32, `major << 20 \| minor`) -> mountinfo mount id (u32) | agent (every tick, from mountinfo) | sys_enter; collector (names) | 4096 | agent logs the mounts it could not watch |
 /// | `TG_ST_MAGICS` | HASH | super block magic (u64) -> 1 (u32) | agent at start | sys_enter | 64 | fixed set (ceph, nfs) |
 /// | `TG_ST_PENDING` | HASH | pid_tgid (u64) -> [`PendingIo`] | sys_enter (watched fds only) | sys_exit (lookup + delete) | 16384 (threads inside a watched read/write at once) | call not counted, [`Counter::StoragePendingFull`] += 1. A plain hash, not an LRU: the LRU's per-CPU free lists evict live entries under churn (measured: 0.5% of 100k tight-loop writes lost) |
@@ -268,7 +268,8 @@ pub enum Counter {
     /// Flow entries deleted by the agent (idle expiry); written by userspace
     /// on CPU 0 only.
     FlowsDeletedByAgent = 5,
-    /// Storage reads/writes not counted because `TG_ST_STATS` was full.
+    /// Storage reads/writes counted under the overflow entry because
+    /// `TG_ST_STATS` was full.
     StorageStatsFull = 6,
     /// Reads/writes whose fd could not be resolved to a super block
     /// (bpf_probe_read_kernel failed): not counted.

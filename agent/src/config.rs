@@ -74,8 +74,9 @@ pub struct StorageConfig {
     /// The mount table to follow: the host's (PID 1's; the DaemonSet runs
     /// with hostPID). Re-read every tick.
     pub mountinfo: PathBuf,
-    /// (cgroup, device, direction) counter entries; calls beyond are not
-    /// counted and `storage_stats_full` counts them.
+    /// (cgroup, device, direction) counter entries; when they are all
+    /// taken, further calls are counted under one overflow entry (shown as
+    /// "(overflow: map full)", device 0:0) and in `storage_stats_full`.
     pub stats_entries: u32,
     /// Kernel BTF to read struct offsets from. For kernels built without
     /// /sys/kernel/btf/vmlinux, point it at a BTF file for the running

@@ -469,3 +469,79 @@ fn without_btf_storage_is_off_and_everything_else_runs() {
         "{row}"
     );
 }
+
+/// A full storage map loses nothing: once every (cgroup, device,
+/// direction) slot is taken, further writes are counted exactly under the
+/// overflow entry (cgroup id `u64::MAX`, device 0:0) and in the
+/// `storage_stats_full` counter.
+#[test]
+fn full_storage_map_counts_into_the_overflow_entry() {
+    privileged!("bindfs", "fusermount3", "mount", "umount");
+    const ENTRIES: usize = 64;
+    const OVERFLOW: u64 = u64::MAX;
+    let scratch = ScratchDir::new().expect("scratch dir");
+    let fuse = Bindfs::mount(
+        &scratch.dir("backing").unwrap(),
+        &scratch.path().join("watched"),
+    )
+    .expect("bindfs");
+    let w = fuse.path().to_owned();
+    let wdev = dev_of(&w).unwrap();
+    let pins = TestPinDir::new().expect("pin dir");
+    let _agent = Agent::start(
+        pins.path(),
+        &config(&format!(
+            "watch_fstypes = [\"fuse.bindfs\"]\nstats_entries = {ENTRIES}"
+        )),
+    )
+    .expect("agent starts");
+    top_until(&pins, |t| t.storage.watches(&w));
+
+    // The loader seeded two overflow entries (write, read): the rest of
+    // the map is filled by one write per filler cgroup.
+    let fillers: Vec<TestCgroup> = (0..ENTRIES - 2)
+        .map(|i| TestCgroup::new(&format!("st-fill{i}")).expect("filler cgroup"))
+        .collect();
+    for (i, cg) in fillers.iter().enumerate() {
+        io(cg, "write", &w.join(format!("fill-{i}")), None, 100);
+    }
+    let last = fillers.last().unwrap().id();
+    top_until(&pins, |t| {
+        t.row(last).storage_on(&wdev).written.bytes == 100
+    });
+
+    let late = TestCgroup::new("st-late").expect("late cgroup");
+    const BYTES: u64 = 50_000;
+    let calls = io(&late, "write", &w.join("late"), None, BYTES);
+    let t = top_until(&pins, |t| {
+        t.row(OVERFLOW).storage_on("0:0").written.bytes >= BYTES
+    });
+    let over = t.row(OVERFLOW).storage_on("0:0");
+    assert_eq!(
+        over.written,
+        Io {
+            bytes: BYTES,
+            calls
+        },
+        "the late cgroup's writes are all in the overflow entry; late: {:?}, counters: {:?}, rows: {:?}",
+        t.row(late.id()).storage,
+        t.counters,
+        t.cgroups
+            .iter()
+            .map(|r| (r.cgroup_id, r.path.clone(), r.storage.len()))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        t.row(late.id()).storage,
+        vec![],
+        "no slot for the late cgroup"
+    );
+    assert_eq!(
+        t.counters.other["storage_stats_full"],
+        serde_json::json!(calls),
+        "every overflowed call is counted"
+    );
+    for cg in &fillers {
+        assert_eq!(t.row(cg.id()).storage_on(&wdev).written.bytes, 100);
+    }
+}

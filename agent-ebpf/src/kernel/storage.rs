@@ -26,8 +26,8 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tollgate_ebpf::{
-    Counter, IoCount, KernelOffsets, PENDING_READ, PENDING_WRITE, PendingIo, STORAGE_READ,
-    STORAGE_WRITE, StorageKey, syscall,
+    CGROUP_OVERFLOW, Counter, IoCount, KernelOffsets, PENDING_READ, PENDING_WRITE, PendingIo,
+    STORAGE_READ, STORAGE_WRITE, StorageKey, syscall,
 };
 
 use super::{
@@ -264,8 +264,17 @@ fn count(cgroup_id: u64, dev: u32, dir: u32, bytes: u64) {
             ST_STATS.get_ptr_mut(key)
         }
     };
-    let Some(s) = slot else {
+    let slot = slot.or_else(|| {
+        // Map full: count under the cgroup-less overflow entry the loader
+        // seeded, so the bytes are kept (attributed to nobody).
         bump(Counter::StorageStatsFull);
+        ST_STATS.get_ptr_mut(StorageKey {
+            cgroup_id: CGROUP_OVERFLOW,
+            dev: 0,
+            dir,
+        })
+    });
+    let Some(s) = slot else {
         return;
     };
     // SAFETY: `s` points to a live map value; only field addresses are taken.

@@ -77,11 +77,26 @@ struct Warned {
     cgroup_full: u64,
     evictions: u64,
     ringbuf_drops: u64,
+    storage_full: u64,
+}
+
+/// Overflow counters checked by [`Warned::check`].
+struct Full {
+    cgroup_full: u64,
+    evictions: u64,
+    ringbuf_drops: u64,
+    storage_full: u64,
 }
 
 impl Warned {
     /// Logs growth of the overflow counters, once per interval.
-    fn check(&mut self, now: Instant, cgroup_full: u64, evictions: u64, ringbuf_drops: u64) {
+    fn check(&mut self, now: Instant, full: Full) {
+        let Full {
+            cgroup_full,
+            evictions,
+            ringbuf_drops,
+            storage_full,
+        } = full;
         if self
             .at
             .is_some_and(|t| now.duration_since(t) < WARN_INTERVAL)
@@ -90,18 +105,24 @@ impl Warned {
         }
         let grew = cgroup_full > self.cgroup_full
             || evictions > self.evictions
-            || ringbuf_drops > self.ringbuf_drops;
+            || ringbuf_drops > self.ringbuf_drops
+            || storage_full > self.storage_full;
         if grew {
             tracing::warn!(
                 cgroup_map_overflows = cgroup_full - self.cgroup_full,
                 flow_evictions = evictions - self.evictions,
                 ringbuf_drops = ringbuf_drops - self.ringbuf_drops,
-                "kernel maps are full: counts go to the overflow entry, flows are evicted, events are dropped (all counted); raise the [maps] sizes"
+                storage_overflows = storage_full - self.storage_full,
+                "kernel maps are full: counts go to the overflow entries, flows are evicted, events are dropped (all counted); raise the [maps] sizes and storage.stats_entries"
             );
             self.at = Some(now);
         }
-        (self.cgroup_full, self.evictions, self.ringbuf_drops) =
-            (cgroup_full, evictions, ringbuf_drops);
+        (
+            self.cgroup_full,
+            self.evictions,
+            self.ringbuf_drops,
+            self.storage_full,
+        ) = (cgroup_full, evictions, ringbuf_drops, storage_full);
     }
 }
 
@@ -174,6 +195,10 @@ impl Collector {
     fn storage_by_cgroup(&self, rows: Vec<(StorageKey, IoCount)>) -> HashMap<u64, Vec<StorageUse>> {
         let mut by: HashMap<u64, Vec<StorageUse>> = HashMap::new();
         for (k, v) in rows {
+            // The seeded overflow entries stay out of sight until used.
+            if k.cgroup_id == CGROUP_OVERFLOW && v.calls == 0 {
+                continue;
+            }
             let uses = by.entry(k.cgroup_id).or_default();
             let dev = storage::dev_string(k.dev);
             let i = match uses.iter().position(|u| u.dev == dev) {
@@ -298,9 +323,12 @@ impl Collector {
         for (k, v) in &flows {
             by_cgroup.entry(k.cgroup_id).or_default().push((*k, *v));
         }
+        let storage_overflowed = storage.contains_key(&CGROUP_OVERFLOW);
         let mut rows: Vec<CgroupRow> = cgroups
             .iter()
-            .filter(|(id, s)| *id != CGROUP_OVERFLOW || *s != CgroupStats::default())
+            .filter(|(id, s)| {
+                *id != CGROUP_OVERFLOW || *s != CgroupStats::default() || storage_overflowed
+            })
             .map(|(id, s)| {
                 let uses = storage.remove(id).unwrap_or_default();
                 let written: u64 = uses.iter().map(|u| u.written.bytes).sum();
@@ -365,9 +393,12 @@ impl Collector {
         self.evictions = self.evictions.max(est);
         self.warned.check(
             now,
-            counters[Counter::CgroupStatsFull as usize],
-            self.evictions,
-            counters[Counter::RingbufDrops as usize],
+            Full {
+                cgroup_full: counters[Counter::CgroupStatsFull as usize],
+                evictions: self.evictions,
+                ringbuf_drops: counters[Counter::RingbufDrops as usize],
+                storage_full: counters[Counter::StorageStatsFull as usize],
+            },
         );
         let mut named: Vec<(String, u64)> = Counter::ALL
             .iter()

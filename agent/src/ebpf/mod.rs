@@ -42,7 +42,8 @@ use ipnet::IpNet;
 use tollgate_ebpf::{
     ABI_VERSION, CEPH_SUPER_MAGIC, CGROUP_OVERFLOW, COUNTER_SLOTS, CgroupStats, CidrInfo,
     ConnEvent, Counter, FlowStats, IoCount, KERNEL_OFFSETS_SYMBOL, KernelOffsets, LpmAddr,
-    NFS_SUPER_MAGIC, PeerKey, PendingIo, SCOPE_EXTERNAL, SCOPE_INTERNAL, StorageKey, map, prog,
+    NFS_SUPER_MAGIC, PeerKey, PendingIo, SCOPE_EXTERNAL, SCOPE_INTERNAL, STORAGE_READ,
+    STORAGE_WRITE, StorageKey, map, prog,
 };
 
 use crate::config::MapConfig;
@@ -412,6 +413,40 @@ impl Dataplane {
             magics
                 .insert(m, 1, 0)
                 .map_err(map_err(map::STORAGE_MAGICS))?;
+        }
+        self.seed_storage_overflow()
+    }
+
+    /// The storage overflow entries (one per direction) must exist before
+    /// the hooks run: a full map cannot create them.
+    fn seed_storage_overflow(&mut self) -> Result<()> {
+        let ncpu = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
+            what: "reading possible CPUs",
+            path: PathBuf::from(what),
+            source,
+        })?;
+        let mut m: PerCpuHashMap<_, StorageKey, IoCount> =
+            PerCpuHashMap::try_from(self.map_mut(map::STORAGE_STATS)?)
+                .map_err(map_err(map::STORAGE_STATS))?;
+        for dir in [STORAGE_WRITE, STORAGE_READ] {
+            let key = StorageKey {
+                cgroup_id: CGROUP_OVERFLOW,
+                dev: 0,
+                dir,
+            };
+            if m.get(&key, 0).is_ok() {
+                continue;
+            }
+            let zero =
+                PerCpuValues::try_from(vec![IoCount::default(); ncpu]).map_err(|source| {
+                    DataplaneError::Io {
+                        what: "per-CPU values",
+                        path: PathBuf::new(),
+                        source,
+                    }
+                })?;
+            m.insert(key, zero, BPF_NOEXIST)
+                .map_err(map_err(map::STORAGE_STATS))?;
         }
         Ok(())
     }
