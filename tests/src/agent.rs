@@ -232,6 +232,40 @@ impl Agent {
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// The address /metrics is served on, from the agent's log line (tests
+    /// bind port 0). Waits up to 30 s for the line.
+    pub fn metrics_addr(&self) -> Result<String> {
+        let mut addr = None;
+        let _ = cmd::wait_until("metrics address in the log", START_TIMEOUT, || {
+            addr = self
+                .log()
+                .lines()
+                .find(|l| l.contains("serving /metrics"))
+                .and_then(|l| l.split("addr=").nth(1))
+                .and_then(|a| a.split_whitespace().next())
+                .map(str::to_owned);
+            addr.is_some()
+        });
+        addr.ok_or_else(|| {
+            Error::Invalid(format!(
+                "the agent did not log its metrics address; log:\n{}",
+                self.log()
+            ))
+        })
+    }
+
+    /// GET `path` from the metrics server; the whole HTTP/1.0 response.
+    pub fn http_get(&self, path: &str) -> Result<String> {
+        use std::io::{Read as _, Write as _};
+        let addr = self.metrics_addr()?;
+        let io = |e| Error::io(format!("GET http://{addr}{path}"), e);
+        let mut s = std::net::TcpStream::connect(&addr).map_err(io)?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").map_err(io)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).map_err(io)?;
+        Ok(out)
+    }
 }
 
 impl Drop for Agent {

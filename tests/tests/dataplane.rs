@@ -423,30 +423,6 @@ fn check_reports_required_features() {
     );
 }
 
-/// The agent's address for /metrics, from its log line (tests bind port 0).
-fn metrics_addr(agent: &Agent) -> String {
-    let mut addr = None;
-    let _ = wait_until("metrics address in the log", WAIT, || {
-        addr = agent
-            .log()
-            .lines()
-            .find(|l| l.contains("serving /metrics"))
-            .and_then(|l| l.split("addr=").nth(1))
-            .map(|a| a.split_whitespace().next().unwrap_or_default().to_owned());
-        addr.is_some()
-    });
-    addr.expect("agent logged its metrics address")
-}
-
-fn http_get(addr: &str, path: &str) -> String {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(addr).expect("connect to metrics");
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
-}
-
 /// /metrics carries the same exact counts as `tollgate top`, per pod.
 #[test]
 fn metrics_endpoint_exports_exact_pod_counters() {
@@ -459,8 +435,7 @@ fn metrics_endpoint_exports_exact_pod_counters() {
     let pod = topo.pod(0);
     let to = SocketAddr::new(IpAddr::V4(topo.internet().v4), 9300).to_string();
     tollgate_tests::traffic::udp_send(pod, TRAFFIC, &to, K, S, WAIT).expect("udp-send");
-    let addr = metrics_addr(&agent);
-    assert!(http_get(&addr, "/healthz").ends_with("ok\n"));
+    assert!(agent.http_get("/healthz").unwrap().ends_with("ok\n"));
     // The labels are the inventory's names for the pod's cgroup.
     let id = pod.cgroup.id();
     let t = top_until(&pins, |t| {
@@ -477,7 +452,7 @@ fn metrics_endpoint_exports_exact_pod_counters() {
     );
     let mut body = String::new();
     let _ = wait_until("pod bytes in /metrics", WAIT, || {
-        body = http_get(&addr, "/metrics");
+        body = agent.http_get("/metrics").expect("GET /metrics");
         body.lines()
             .any(|l| l.starts_with("tollgate_pod_network_bytes_total{") && l.ends_with(&want))
     });

@@ -271,6 +271,7 @@ impl Collector {
         self.refresh_mounts();
         let cgroups = self.read_cgroups()?;
         let storage_rows = self.maps.storage_stats(self.mode == DrainMode::Batch)?;
+        let storage_keys: Vec<StorageKey> = storage_rows.iter().map(|(k, _)| *k).collect();
         let mut storage = self.storage_by_cgroup(storage_rows);
         let watched: Vec<WatchedMount> = self
             .maps
@@ -295,7 +296,10 @@ impl Collector {
                 cgroups.push((*id, CgroupStats::default()));
             }
         }
-        let flows = self.read_flows()?;
+        let mut flows = self.read_flows()?;
+        // Before forgotten cgroups' flows are deleted: the eviction
+        // estimate pairs it with this tick's deletion counter.
+        let live_flows = flows.len() as u64;
         let counters = self.maps.counters()?;
         for e in self.maps.drain_events(usize::MAX) {
             if self.events.len() == RECENT_EVENTS {
@@ -317,6 +321,23 @@ impl Collector {
                     tracing::debug!(cgroup_id = id, error = %e, "deleting counters of a forgotten cgroup");
                 }
             }
+            let gone = |id: &u64| forgotten.contains(id);
+            if self.delete_forgotten {
+                let dead_flows: Vec<PeerKey> = flows
+                    .iter()
+                    .filter(|(k, _)| gone(&k.cgroup_id))
+                    .map(|(k, _)| *k)
+                    .collect();
+                let dead_storage: Vec<StorageKey> = storage_keys
+                    .into_iter()
+                    .filter(|k| gone(&k.cgroup_id))
+                    .collect();
+                if let Err(e) = self.maps.delete_gone(&dead_flows, &dead_storage) {
+                    tracing::debug!(error = %e, "deleting flows of forgotten cgroups");
+                }
+            }
+            flows.retain(|(k, _)| !gone(&k.cgroup_id));
+            storage.retain(|id, _| !gone(id));
         }
         let dt = self.prev_at.map(|t| now.duration_since(t).as_secs_f64());
         let mut by_cgroup: HashMap<u64, Vec<(PeerKey, FlowStats)>> = HashMap::new();
@@ -389,7 +410,7 @@ impl Collector {
         let deleted = counters[Counter::FlowsDeletedByAgent as usize];
         let est = created
             .saturating_sub(deleted)
-            .saturating_sub(flows.len() as u64);
+            .saturating_sub(live_flows);
         self.evictions = self.evictions.max(est);
         self.warned.check(
             now,
@@ -405,7 +426,7 @@ impl Collector {
             .map(|c| (c.name().to_owned(), counters[*c as usize]))
             .collect();
         named.push(("flow_evictions".into(), self.evictions));
-        named.push(("flows_live".into(), flows.len() as u64));
+        named.push(("flows_live".into(), live_flows));
         self.prev = cgroups.into_iter().collect();
         self.prev_at = Some(now);
         Ok(Snapshot {

@@ -640,15 +640,7 @@ impl Dataplane {
     pub fn add_counter(&mut self, c: Counter, n: u64) -> Result<()> {
         let mut arr: PerCpuArray<_, u64> =
             PerCpuArray::try_from(self.map_mut(map::COUNTERS)?).map_err(map_err(map::COUNTERS))?;
-        let cur = arr.get(&(c as u32), 0).map_err(map_err(map::COUNTERS))?;
-        let mut v: Vec<u64> = cur.iter().copied().collect();
-        v[0] = v[0].wrapping_add(n);
-        let vals = PerCpuValues::try_from(v).map_err(|source| DataplaneError::Io {
-            what: "per-CPU values",
-            path: PathBuf::new(),
-            source,
-        })?;
-        arr.set(c as u32, vals, 0).map_err(map_err(map::COUNTERS))
+        add_to_counter(&mut arr, c, n)
     }
 
     fn load_program(&mut self, name: &'static str, hook: Hook) -> Result<()> {
@@ -946,6 +938,26 @@ impl PinnedMaps {
         Ok(out)
     }
 
+    /// Deletes what the kernel keeps for cgroups that are gone (after the
+    /// inventory's grace): their flows and storage counters. Without this
+    /// the flow table would fill with dead pods' flows until LRU eviction,
+    /// and every drain would carry them. Returns the flows deleted, which
+    /// are also added to [`Counter::FlowsDeletedByAgent`] so the eviction
+    /// estimate stays right.
+    pub fn delete_gone(&mut self, flows: &[PeerKey], storage: &[StorageKey]) -> Result<u64> {
+        let removed = flows
+            .iter()
+            .filter(|k| self.flows.remove(k).is_ok())
+            .count() as u64;
+        for k in storage {
+            let _ = self.storage_stats.remove(k);
+        }
+        if removed > 0 {
+            add_to_counter(&mut self.counters, Counter::FlowsDeletedByAgent, removed)?;
+        }
+        Ok(removed)
+    }
+
     /// Drains up to `max` pending connection events.
     pub fn drain_events(&mut self, max: usize) -> Vec<ConnEvent> {
         let mut out = Vec::new();
@@ -962,6 +974,25 @@ impl PinnedMaps {
 }
 
 const BATCH: u32 = 512;
+
+/// Adds `n` to CPU 0's slot of a health counter. Only userspace writes
+/// the counters it adds to, so the read-modify-write does not race the
+/// kernel.
+fn add_to_counter<T: std::borrow::BorrowMut<MapData>>(
+    arr: &mut PerCpuArray<T, u64>,
+    c: Counter,
+    n: u64,
+) -> Result<()> {
+    let cur = arr.get(&(c as u32), 0).map_err(map_err(map::COUNTERS))?;
+    let mut v: Vec<u64> = cur.iter().copied().collect();
+    v[0] = v[0].wrapping_add(n);
+    let vals = PerCpuValues::try_from(v).map_err(|source| DataplaneError::Io {
+        what: "per-CPU values",
+        path: PathBuf::new(),
+        source,
+    })?;
+    arr.set(c as u32, vals, 0).map_err(map_err(map::COUNTERS))
+}
 
 /// Sum of per-CPU values.
 fn sum<T: Default + Copy + std::ops::AddAssign>(v: &[T]) -> T {

@@ -90,6 +90,18 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         timeout_s: u64,
     },
+    /// Short-lived pods: move this process into each cgroup directory
+    /// listed in FILE (one per line, at most 100,000), send one datagram of
+    /// SIZE bytes to TO from a new socket there, and go on; print the
+    /// number of cgroups visited. The process ends in the last cgroup.
+    Hop {
+        #[arg(long)]
+        cgroups: std::path::PathBuf,
+        #[arg(long)]
+        to: SocketAddr,
+        #[arg(long, default_value_t = 32)]
+        size: usize,
+    },
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -148,7 +160,24 @@ fn run(cmd: Cmd) -> Result<()> {
             proto,
             timeout_s,
         } => connect(to, proto, secs(timeout_s)),
+        Cmd::Hop { cgroups, to, size } => hop(&cgroups, to, size),
     }
+}
+
+fn hop(list: &std::path::Path, to: SocketAddr, size: usize) -> Result<()> {
+    let text = ctx("reading the cgroup list", std::fs::read_to_string(list))?;
+    let pid = std::process::id().to_string();
+    let data = payload(size);
+    let mut n = 0u64;
+    for dir in text.lines().filter(|l| !l.is_empty()).take(100_000) {
+        let procs = std::path::Path::new(dir).join("cgroup.procs");
+        ctx(dir, std::fs::write(&procs, &pid))?;
+        let s = ctx("bind", UdpSocket::bind(any_for(to)))?;
+        ctx("send", s.send_to(&data, to))?;
+        n += 1;
+    }
+    say(&n.to_string());
+    Ok(())
 }
 
 fn secs(s: u64) -> Duration {
