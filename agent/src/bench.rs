@@ -117,14 +117,15 @@ pub struct DrainBenchRow {
     pub cgroups: usize,
     pub flows: usize,
     pub rounds: usize,
-    /// Median time to read every cgroup entry and every flow, milliseconds.
+    /// Median time to read every cgroup entry, flow and storage counter (what
+    /// one tick drains), milliseconds.
     pub batch_ms: f64,
     pub per_key_ms: f64,
     /// per_key / batch.
     pub speedup: f64,
 }
 
-/// `tollgate bench-drain`: reads the pinned cgroup and flow maps of a
+/// `tollgate bench-drain`: reads the pinned cgroup, flow and storage maps of a
 /// running agent with batch lookups and with per-key iteration,
 /// alternating, and reports medians.
 pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, DataplaneError> {
@@ -140,12 +141,14 @@ pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, Datapl
         let t = std::time::Instant::now();
         cgroups = maps.cgroup_stats_batch().map_err(io)?.len();
         flows = maps.flows_batch().map_err(io)?.len();
+        let s = maps.storage_stats(true).map_err(io)?.len();
         batch.push(t.elapsed().as_secs_f64() * 1e3);
         let t = std::time::Instant::now();
         let c = maps.cgroup_stats_per_key().map_err(io)?.len();
         let f = maps.flows_per_key().map_err(io)?.len();
+        let s2 = maps.storage_stats(false).map_err(io)?.len();
         per_key.push(t.elapsed().as_secs_f64() * 1e3);
-        std::hint::black_box((c, f));
+        std::hint::black_box((c, f, s, s2));
     }
     let (b, p) = (median(batch), median(per_key));
     Ok(DrainBenchRow {

@@ -7,10 +7,7 @@
 #![forbid(unsafe_code)]
 
 use std::{
-    collections::HashSet,
-    os::unix::fs::MetadataExt,
-    path::PathBuf,
-    process::Command,
+    collections::HashSet, os::unix::fs::MetadataExt, path::PathBuf, process::Command,
     time::Duration,
 };
 
@@ -66,7 +63,10 @@ fn churned_pods_leave_no_rows_series_or_kernel_entries() {
         "hop: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), PODS.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        PODS.to_string()
+    );
 
     let counted = |t: &tollgate_tests::top::Top, id: u64| {
         let r = t.row(id);

@@ -315,6 +315,7 @@ impl Collector {
             cgroups.retain(|(id, _)| !forgotten.contains(id));
             for id in &forgotten {
                 self.prev.remove(id);
+                self.prev_storage.remove(id);
                 if self.delete_forgotten
                     && let Err(e) = self.maps.cgroup_stats.remove(id)
                 {
@@ -338,6 +339,9 @@ impl Collector {
             }
             flows.retain(|(k, _)| !gone(&k.cgroup_id));
             storage.retain(|id, _| !gone(id));
+            if self.prev_storage.capacity() > 2 * self.prev_storage.len() + 64 {
+                self.prev_storage.shrink_to_fit();
+            }
         }
         let dt = self.prev_at.map(|t| now.duration_since(t).as_secs_f64());
         let mut by_cgroup: HashMap<u64, Vec<(PeerKey, FlowStats)>> = HashMap::new();
@@ -408,9 +412,7 @@ impl Collector {
         });
         let created = counters[Counter::FlowsCreated as usize];
         let deleted = counters[Counter::FlowsDeletedByAgent as usize];
-        let est = created
-            .saturating_sub(deleted)
-            .saturating_sub(live_flows);
+        let est = created.saturating_sub(deleted).saturating_sub(live_flows);
         self.evictions = self.evictions.max(est);
         self.warned.check(
             now,

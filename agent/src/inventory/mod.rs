@@ -214,6 +214,10 @@ impl Inventory {
                     self.forgotten.insert(*id);
                 }
             }
+            // After churn, give the memory of the dead entries back.
+            if self.entries.capacity() > 2 * self.entries.len() + 64 {
+                self.entries.shrink_to_fit();
+            }
         }
         expired
     }

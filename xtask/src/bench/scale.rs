@@ -33,6 +33,9 @@ pub struct ScaleArgs {
     /// Seconds of traffic per measurement window (bounded: 5..=120).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(5..=120))]
     window: u64,
+    /// Short-lived pods for the churn phase (0: skip it).
+    #[arg(long, default_value_t = 1000)]
+    churn: usize,
 }
 
 /// The synthetic cgroups; Drop moves this process home and removes them.
@@ -86,6 +89,15 @@ impl Cgroups {
             s.send_to(&payload, TARGET)?;
         }
         self.go_home()
+    }
+
+    /// Removes the cgroups past the first `n` (they are empty: the hops
+    /// end at home).
+    fn shrink(&mut self, n: usize) -> Result<()> {
+        for d in self.dirs.drain(n.min(self.dirs.len())..) {
+            std::fs::remove_dir(&d).with_context(|| format!("removing {}", d.display()))?;
+        }
+        Ok(())
     }
 
     fn go_home(&self) -> Result<()> {
@@ -182,35 +194,71 @@ struct Row {
     series: usize,
 }
 
+/// Map sizes for a node with `n` cgroups: the defaults (a dense node of
+/// ~110 pods) or twice the cgroup count, whichever is larger. This is the
+/// sizing the README recommends; the bench uses it so that each scale is
+/// measured on maps an operator would configure for it.
+fn sized_config(n: usize, grace: &str) -> String {
+    let fit = |default: u32| default.max(((2 * n) as u32).next_power_of_two());
+    format!(
+        "[agent]\ntick = \"1s\"\n[inventory]\ngrace = \"{grace}\"\n[maps]\ncgroup_stats_entries = {}\nflow_entries = {}\n[storage]\nstats_entries = {}\n",
+        fit(tollgate_ebpf_defaults::CGROUP_STATS),
+        fit(tollgate_ebpf_defaults::FLOWS),
+        fit(tollgate_ebpf_defaults::STORAGE_STATS),
+    )
+}
+
+/// The agent's defaults (agent-ebpf `map::DEFAULT_*`), repeated here
+/// because xtask does not build the agent crates.
+mod tollgate_ebpf_defaults {
+    pub const CGROUP_STATS: u32 = 4096;
+    pub const FLOWS: u32 = 16384;
+    pub const STORAGE_STATS: u32 = 4096;
+}
+
+/// Starts an agent for one measurement with `config` and returns it with
+/// its metrics address.
+fn start_agent(bin: &Path, config: &Path) -> Result<(Agent, String)> {
+    if Path::new(PIN_DIR).exists() {
+        super::detach(bin, PIN_DIR)?;
+    }
+    let cfg = config.to_string_lossy().into_owned();
+    let agent = Agent::start_with(bin, PIN_DIR, SOCKET, &["--config", &cfg])?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let log = agent.log();
+        if let Some(a) = log
+            .lines()
+            .find(|l| l.contains("serving /metrics"))
+            .and_then(|l| l.split("addr=").nth(1))
+            .and_then(|a| a.split_whitespace().next())
+        {
+            return Ok((agent, a.to_owned()));
+        }
+        if Instant::now() > deadline {
+            bail!("the agent did not log its metrics address:\n{log}");
+        }
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// Per-pod series in a /metrics body.
+fn pod_series(body: &str) -> usize {
+    body.lines()
+        .filter(|l| l.starts_with("tollgate_pod_"))
+        .count()
+}
+
 pub fn run(args: &ScaleArgs) -> Result<()> {
     super::ensure_root()?;
     setup::run()?;
     let bin = cmd::build_agent()?;
-    if Path::new(PIN_DIR).exists() {
-        super::detach(&bin, PIN_DIR)?;
-    }
+    let config = std::env::temp_dir().join("tollgate-bench-scale.toml");
     let mut cgs = Cgroups::new()?;
-    let agent = Agent::start_with(&bin, PIN_DIR, SOCKET, &["--tick", "1s"])?;
-    let addr = {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = agent.log();
-            if let Some(a) = log
-                .lines()
-                .find(|l| l.contains("serving /metrics"))
-                .and_then(|l| l.split("addr=").nth(1))
-                .and_then(|a| a.split_whitespace().next())
-            {
-                break a.to_owned();
-            }
-            if Instant::now() > deadline {
-                bail!("the agent did not log its metrics address:\n{log}");
-            }
-            sleep(Duration::from_millis(100));
-        }
-    };
     let mut rows = Vec::new();
     for &n in &args.cgroups {
+        std::fs::write(&config, sized_config(n, "60s"))?;
+        let (agent, addr) = start_agent(&bin, &config)?;
         cgs.grow(n)?;
         cgs.hop_round()?;
         sleep(Duration::from_secs(2));
@@ -232,10 +280,7 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         let tick_s = (metric(&after, "tollgate_agent_tick_duration_seconds_sum")
             - metric(&before, "tollgate_agent_tick_duration_seconds_sum"))
             / ticks;
-        let series = after
-            .lines()
-            .filter(|l| l.starts_with("tollgate_pod_"))
-            .count();
+        let series = pod_series(&after);
         let out = Command::new(&bin)
             .args(["bench-drain", "--pin-dir", PIN_DIR, "--rounds", "9"])
             .output()
@@ -257,9 +302,14 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
             rss: rss_mib(agent.pid())?,
             series,
         });
+        agent.stop()?;
     }
-    agent.stop()?;
+    let churn = match args.churn {
+        0 => None,
+        pods => Some(churn(&bin, &config, &mut cgs, pods)?),
+    };
     drop(cgs);
+    let _ = std::fs::remove_file(&config);
 
     println!(
         "\nscale: agent at a 1 s tick, {} s traffic windows\n",
@@ -304,5 +354,75 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
     println!(
         "targets: batch >= 10x per-key; 110 pods <= 0.5% of a core and <= 48 MiB RSS; 10,000 keeps the 1 s tick (tick ms < 1000)"
     );
+    if let Some(c) = churn {
+        println!(
+            "\nchurn: {} short-lived pods (cgroup created, one datagram, removed), 2 s grace",
+            c.pods
+        );
+        println!(
+            "  RSS before {:.1} MiB | with all pods shown {:.1} MiB | after grace {:.1} MiB ({:+.1} MiB vs before)",
+            c.rss_before,
+            c.rss_peak,
+            c.rss_after,
+            c.rss_after - c.rss_before
+        );
+        println!(
+            "  per-pod series before {} | with the pods {} | after grace {} ({} stale)",
+            c.series_before,
+            c.series_peak,
+            c.series_after,
+            c.series_after.saturating_sub(c.series_before)
+        );
+    }
     Ok(())
+}
+
+struct Churn {
+    pods: usize,
+    rss_before: f64,
+    rss_peak: f64,
+    rss_after: f64,
+    series_before: usize,
+    series_peak: usize,
+    series_after: usize,
+}
+
+/// Pod churn: `pods` cgroups created next to the existing ones, one burst
+/// each, shown by the agent, then removed; RSS and series after the grace
+/// period against the level before.
+fn churn(bin: &Path, config: &Path, cgs: &mut Cgroups, pods: usize) -> Result<Churn> {
+    let base = 110.min(cgs.dirs.len());
+    cgs.shrink(base)?;
+    std::fs::write(config, sized_config(base + pods, "2s"))?;
+    let (agent, addr) = start_agent(bin, config)?;
+    // Warm up on the resident pods first: the level churn must return to.
+    for _ in 0..5 {
+        cgs.hop_round()?;
+        sleep(Duration::from_secs(1));
+    }
+    let rss_before = rss_mib(agent.pid())?;
+    let series_before = pod_series(&http_get(&addr, "/metrics")?);
+    cgs.grow(base + pods)?;
+    cgs.hop_round()?;
+    sleep(Duration::from_secs(3));
+    let rss_peak = rss_mib(agent.pid())?;
+    let series_peak = pod_series(&http_get(&addr, "/metrics")?);
+    cgs.shrink(base)?;
+    // Grace (2 s) plus a few ticks, with the resident pods still busy.
+    for _ in 0..6 {
+        cgs.hop_round()?;
+        sleep(Duration::from_secs(1));
+    }
+    let rss_after = rss_mib(agent.pid())?;
+    let series_after = pod_series(&http_get(&addr, "/metrics")?);
+    agent.stop()?;
+    Ok(Churn {
+        pods,
+        rss_before,
+        rss_peak,
+        rss_after,
+        series_before,
+        series_peak,
+        series_after,
+    })
 }
