@@ -5,8 +5,8 @@ mod snapshot;
 mod window;
 
 pub use snapshot::{
-    CgroupRow, Counts, Destination, DirCounts, EventRow, IoCounts, Rates, Snapshot, StorageSummary,
-    StorageUse, WatchedMount,
+    CgroupRow, Counts, Destination, DirCounts, DnsSample, EventRow, IoCounts, Rates, Snapshot,
+    StorageSummary, StorageUse, StratumHit, WatchedMount,
 };
 pub use window::{Features, PeerWindow, WindowSample};
 
@@ -387,6 +387,8 @@ impl Collector {
                 status: self.storage_status.clone(),
                 mounts: watched,
             },
+            dns_samples: Vec::new(),
+            stratum_hits: Vec::new(),
         })
     }
 }
