@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
     ByteCount, CgroupStats, CidrInfo, ConnEvent, DnsEvent, DnsRate, FAMILY_V4, FlowStats, IoCount,
-    KernelOffsets, LpmAddr, PeerKey, PendingIo, QuarantineEntry, Scratch, ScopeCounts,
+    KernelOffsets, LpmAddr, PeerKey, PendingIo, QuarantineEntry, ScopeCounts, Scratch,
     SignalConfig, StorageKey, StratumEvent,
 };
 

@@ -245,7 +245,12 @@ impl MapConfig {
         }
         for (key, v, min, max) in [
             ("maps.dns_rate_entries", self.dns_rate_entries, 64, 1 << 20),
-            ("maps.dns_samples_per_sec", self.dns_samples_per_sec, 0, 100_000),
+            (
+                "maps.dns_samples_per_sec",
+                self.dns_samples_per_sec,
+                0,
+                100_000,
+            ),
             ("maps.stratum_packets", self.stratum_packets, 1, 64),
         ] {
             if v < min || v > max {

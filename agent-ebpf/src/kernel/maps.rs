@@ -8,9 +8,8 @@ use aya_ebpf::{
     maps::{HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tollgate_ebpf::{
-    COUNTER_SLOTS, CgroupStats, CidrInfo, DnsRate, FlowStats, IoCount, LpmAddr, PeerKey,
-    PendingIo, QuarantineEntry, Scratch, StorageKey,
-    map::{DEFAULT_DNS_EVENTS_BYTES, DEFAULT_DNS_RATE_ENTRIES, DEFAULT_STRATUM_EVENTS_BYTES},
+    COUNTER_SLOTS, CgroupStats, CidrInfo, DnsRate, FlowStats, IoCount, LpmAddr, PeerKey, PendingIo,
+    QuarantineEntry, Scratch, StorageKey,
     map::DEFAULT_QUARANTINE_ENTRIES,
     map::{
         DEFAULT_CGROUP_STATS_ENTRIES, DEFAULT_CIDR_ENTRIES, DEFAULT_CONN_EVENTS_BYTES,
@@ -18,6 +17,7 @@ use tollgate_ebpf::{
         DEFAULT_STORAGE_MAGIC_ENTRIES, DEFAULT_STORAGE_PENDING_ENTRIES,
         DEFAULT_STORAGE_STATS_ENTRIES,
     },
+    map::{DEFAULT_DNS_EVENTS_BYTES, DEFAULT_DNS_RATE_ENTRIES, DEFAULT_STRATUM_EVENTS_BYTES},
 };
 
 #[map(name = "TG_CG_STATS")]

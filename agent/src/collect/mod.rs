@@ -5,11 +5,11 @@ mod signals;
 mod snapshot;
 mod window;
 
+pub use signals::decode_name;
 pub use snapshot::{
     CgroupRow, Counts, Destination, DirCounts, DnsSample, EventRow, IoCounts, Rates, Snapshot,
     StorageSummary, StorageUse, StratumHit, WatchedMount,
 };
-pub use signals::decode_name;
 pub use window::{Features, PeerWindow, WindowSample};
 
 use std::{

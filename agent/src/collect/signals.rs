@@ -125,7 +125,10 @@ mod tests {
         e.name[..w.len()].copy_from_slice(&w);
         e.name_len = w.len() as u16;
         let s = DnsSample::from_event(&e).unwrap();
-        assert_eq!((s.cgroup_id, s.name.as_str(), s.qtype, s.ts_ns), (7, "t.io", 16, 99));
+        assert_eq!(
+            (s.cgroup_id, s.name.as_str(), s.qtype, s.ts_ns),
+            (7, "t.io", 16, 99)
+        );
         let st = StratumEvent {
             cgroup_id: 3,
             ts_ns: 5,
