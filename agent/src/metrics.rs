@@ -404,6 +404,8 @@ mod tests {
                 ("flows_live".to_string(), 50),
             ]),
             storage: Default::default(),
+            dns_samples: vec![],
+            stratum_hits: vec![],
         }
     }
 

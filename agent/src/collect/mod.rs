@@ -1,12 +1,14 @@
 //! Drains the kernel maps every tick (batch lookups) into a per-cgroup
 //! table of totals and rates, and decodes connection events.
 
+mod signals;
 mod snapshot;
 mod window;
 
+pub use signals::decode_name;
 pub use snapshot::{
-    CgroupRow, Counts, Destination, DirCounts, EventRow, IoCounts, Rates, Snapshot, StorageSummary,
-    StorageUse, WatchedMount,
+    CgroupRow, Counts, Destination, DirCounts, DnsSample, EventRow, IoCounts, Rates, Snapshot,
+    StorageSummary, StorageUse, StratumHit, WatchedMount,
 };
 pub use window::{Features, PeerWindow, WindowSample};
 
@@ -23,7 +25,7 @@ use tollgate_ebpf::{
 };
 
 use crate::{
-    ebpf::{PinDir, PinnedMaps},
+    ebpf::{PinDir, PinnedMaps, signals::SignalMaps},
     inventory::Inventory,
     storage::{self, Mount},
 };
@@ -66,6 +68,12 @@ pub struct Collector {
     storage_status: String,
     /// (written, read) bytes per cgroup at the previous pass.
     prev_storage: HashMap<u64, (u64, u64)>,
+    /// DNS-sample and stratum ring buffers (None with pins of a build
+    /// that lacks them).
+    signals: Option<SignalMaps>,
+    /// DNS samples whose name did not decode in userspace (should stay 0:
+    /// the kernel checks the label walk).
+    dns_garbled: u64,
 }
 
 /// How often a full map is logged while it stays full.
@@ -154,6 +162,14 @@ impl Collector {
             known_devs: HashMap::new(),
             storage_status: "unknown".into(),
             prev_storage: HashMap::new(),
+            signals: match SignalMaps::open(pins) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DNS samples and stratum events unavailable");
+                    None
+                }
+            },
+            dns_garbled: 0,
         })
     }
 
@@ -395,6 +411,8 @@ impl Collector {
                     storage: uses,
                     storage_written_bytes: written,
                     storage_read_bytes: read,
+                    dns_queries: s.dns_queries,
+                    stratum_markers: s.stratum_markers,
                     ..CgroupRow::default()
                 };
                 if let Some(k) = known {
@@ -429,6 +447,8 @@ impl Collector {
             .collect();
         named.push(("flow_evictions".into(), self.evictions));
         named.push(("flows_live".into(), live_flows));
+        let (dns_samples, stratum_hits) = self.drain_signals();
+        named.push(("dns_samples_garbled".into(), self.dns_garbled));
         self.prev = cgroups.into_iter().collect();
         self.prev_at = Some(now);
         Ok(Snapshot {
@@ -441,7 +461,31 @@ impl Collector {
                 status: self.storage_status.clone(),
                 mounts: watched,
             },
+            dns_samples,
+            stratum_hits,
         })
+    }
+}
+
+impl Collector {
+    /// DNS samples and stratum hits queued since the previous pass.
+    fn drain_signals(&mut self) -> (Vec<DnsSample>, Vec<StratumHit>) {
+        let Some(sig) = &mut self.signals else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut dns = Vec::new();
+        for e in sig.drain_dns(signals::MAX_EVENTS_PER_PASS) {
+            match DnsSample::from_event(&e) {
+                Some(s) => dns.push(s),
+                None => self.dns_garbled += 1,
+            }
+        }
+        let hits = sig
+            .drain_stratum(signals::MAX_EVENTS_PER_PASS)
+            .iter()
+            .map(StratumHit::from)
+            .collect();
+        (dns, hits)
     }
 }
 

@@ -152,6 +152,13 @@ pub struct CgroupRow {
     /// inventory's grace period.
     #[serde(default)]
     pub gone: bool,
+    /// DNS queries sent (cumulative, counted in the kernel on port 53).
+    #[serde(default)]
+    pub dns_queries: u64,
+    /// Stratum JSON-RPC markers seen at the start of outbound TCP streams
+    /// (cumulative).
+    #[serde(default)]
+    pub stratum_markers: u64,
 }
 
 impl CgroupRow {
@@ -251,4 +258,37 @@ pub struct Snapshot {
     pub counters: BTreeMap<String, u64>,
     #[serde(default)]
     pub storage: StorageSummary,
+    /// DNS query names sampled by the kernel (bounded rate) since the
+    /// previous pass.
+    #[serde(default)]
+    pub dns_samples: Vec<DnsSample>,
+    /// Stratum markers matched by the kernel since the previous pass.
+    #[serde(default)]
+    pub stratum_hits: Vec<StratumHit>,
+}
+
+/// One DNS query name sampled by the kernel.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DnsSample {
+    pub cgroup_id: u64,
+    /// Dotted query name; bytes outside printable ASCII are escaped as
+    /// `\DDD` (decimal, as in zone files), so a name is always one line.
+    pub name: String,
+    /// Query type (1 = A, 16 = TXT, 28 = AAAA, ...).
+    pub qtype: u16,
+    /// Kernel CLOCK_MONOTONIC_COARSE nanoseconds.
+    pub ts_ns: u64,
+}
+
+/// A stratum JSON-RPC marker at the start of an outbound TCP stream.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StratumHit {
+    pub cgroup_id: u64,
+    /// The remote peer (pool) address and port.
+    pub addr: String,
+    pub port: u16,
+    /// "mining.subscribe", "mining.authorize", "mining.submit" or "login".
+    pub marker: String,
+    /// Kernel CLOCK_MONOTONIC_COARSE nanoseconds.
+    pub ts_ns: u64,
 }
