@@ -3,12 +3,14 @@
 
 mod snapshot;
 mod window;
+pub mod windower;
 
 pub use snapshot::{
     CgroupRow, Counts, Destination, DirCounts, DnsSample, EventRow, IoCounts, Rates, Snapshot,
     StorageSummary, StorageUse, StratumHit, WatchedMount,
 };
 pub use window::{Features, PeerWindow, WindowSample};
+pub use windower::Windower;
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -1,0 +1,456 @@
+//! The eight detectors, as pure functions of one window, its class
+//! baseline and a little per-pod state the engine keeps. Each returns a
+//! [`Candidate`] when it fires; the engine turns candidates into findings
+//! with a lifecycle.
+
+use std::collections::BTreeMap;
+
+use super::{DetectConfig, Detector, Evidence, Severity};
+use crate::{
+    baseline::{Baselines, Feature, dests, features},
+    collect::{PeerWindow, WindowSample},
+};
+
+/// What a detector says about one window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub detector: Detector,
+    pub severity: Severity,
+    pub score: f64,
+    pub summary: String,
+    pub evidence: Vec<Evidence>,
+    pub destinations: Vec<String>,
+}
+
+/// Everything a detector may look at.
+pub struct Ctx<'a> {
+    pub cfg: &'a DetectConfig,
+    pub base: &'a Baselines,
+    /// Annotated by the baselines (new_class_destinations filled).
+    pub s: &'a WindowSample,
+    /// The class finished learning: baseline detectors may fire.
+    pub learned: bool,
+    /// The pod's bytes per external prefix over the drip horizon.
+    pub horizon_bytes: &'a BTreeMap<String, u64>,
+    /// Consecutive windows (this one included) at or above
+    /// `profile_cpu_fraction`.
+    pub cpu_streak: u32,
+    /// mining.profile or mining.stratum is firing for the pod.
+    pub mining_firing: bool,
+}
+
+impl Ctx<'_> {
+    fn secs(&self) -> f64 {
+        features::window_secs(self.s)
+    }
+
+    fn class(&self) -> &str {
+        &self.s.subject.class
+    }
+
+    fn q(&self, f: Feature) -> f64 {
+        self.base.quantile(self.class(), f).unwrap_or(0.0)
+    }
+
+    fn ev(&self, f: Feature, observed: f64, baseline: Option<f64>) -> Evidence {
+        Evidence {
+            name: f.name().into(),
+            observed,
+            baseline,
+            unit: f.unit().into(),
+        }
+    }
+
+    /// The mixture's verdict, as evidence, when there is one.
+    fn likelihood_evidence(&self) -> Option<Evidence> {
+        let (ll, threshold) = self.base.likelihood(self.s)?;
+        Some(Evidence {
+            name: "log_likelihood".into(),
+            observed: ll,
+            baseline: Some(threshold),
+            unit: "nats".into(),
+        })
+    }
+
+    fn with_likelihood(&self, mut ev: Vec<Evidence>) -> Vec<Evidence> {
+        ev.extend(self.likelihood_evidence());
+        ev
+    }
+}
+
+/// `addr:port/proto` (`[v6]:port/proto`).
+pub fn peer_name(p: &PeerWindow) -> String {
+    match p.addr {
+        std::net::IpAddr::V4(a) => format!("{a}:{}/{}", p.port, p.proto),
+        std::net::IpAddr::V6(a) => format!("[{a}]:{}/{}", p.port, p.proto),
+    }
+}
+
+/// The largest external destinations matching `keep`, largest tx first.
+fn top(s: &WindowSample, keep: impl Fn(&PeerWindow) -> bool) -> Vec<String> {
+    let mut v: Vec<&PeerWindow> = s.peers.iter().filter(|p| p.external && keep(p)).collect();
+    v.sort_by(|a, b| b.tx_bytes.cmp(&a.tx_bytes));
+    v.into_iter().take(5).map(peer_name).collect()
+}
+
+fn mib(b: f64) -> String {
+    format!("{:.1} MiB", b / 1_048_576.0)
+}
+
+/// Runs every window detector.
+pub fn evaluate(c: &Ctx<'_>) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    out.extend(stratum(c));
+    out.extend(pool_port(c));
+    if c.learned {
+        out.extend(volume(c));
+        out.extend(new_destination(c));
+        out.extend(slow_drip(c));
+        out.extend(storage(c));
+        out.extend(dns_tunnel(c));
+        out.extend(profile(c));
+    }
+    out
+}
+
+/// exfil.volume: external egress far above the class's high quantile.
+pub fn volume(c: &Ctx<'_>) -> Option<Candidate> {
+    let rate = c.s.features.egress_external_bytes as f64 / c.secs();
+    let q = c.q(Feature::EgressExternalBytes);
+    let threshold = (q * c.cfg.volume_factor).max(c.cfg.volume_min_bytes_per_s);
+    if rate <= threshold {
+        return None;
+    }
+    let score = rate / q.max(1.0);
+    Some(Candidate {
+        detector: Detector::ExfilVolume,
+        severity: if rate > 4.0 * threshold {
+            Severity::High
+        } else {
+            Severity::Medium
+        },
+        score,
+        summary: format!(
+            "sent {}/s to external destinations, {:.0}x the class's p{:.0} ({}/s)",
+            mib(rate),
+            score,
+            c.cfg.quantile * 100.0,
+            mib(q)
+        ),
+        evidence: c.with_likelihood(vec![c.ev(Feature::EgressExternalBytes, rate, Some(q))]),
+        destinations: top(c.s, |p| p.tx_bytes > 0),
+    })
+}
+
+/// exfil.new_destination: substantial bytes to prefixes the class never used.
+pub fn new_destination(c: &Ctx<'_>) -> Option<Candidate> {
+    let class = c.base.class(c.class())?;
+    let mut window: BTreeMap<String, u64> = BTreeMap::new();
+    for p in c.s.peers.iter().filter(|p| p.external && p.tx_bytes > 0) {
+        *window.entry(dests::prefix(p.addr)).or_default() += p.tx_bytes;
+    }
+    let mut hits: Vec<(String, u64)> = window
+        .keys()
+        .filter(|p| !class.dests.is_known(p))
+        .map(|p| (p.clone(), c.horizon_bytes.get(p).copied().unwrap_or(0)))
+        .filter(|(_, b)| *b >= c.cfg.new_destination_min_bytes)
+        .collect();
+    if hits.is_empty() {
+        return None;
+    }
+    hits.sort_by(|a, b| b.1.cmp(&a.1));
+    let total: u64 = hits.iter().map(|h| h.1).sum();
+    let score = total as f64 / c.cfg.new_destination_min_bytes.max(1) as f64;
+    let evidence = hits
+        .iter()
+        .take(3)
+        .map(|(p, b)| Evidence {
+            name: format!("bytes_to_new_prefix {p}"),
+            observed: *b as f64,
+            baseline: Some(0.0),
+            unit: "bytes".into(),
+        })
+        .collect();
+    let prefixes: Vec<&String> = hits.iter().map(|h| &h.0).collect();
+    Some(Candidate {
+        detector: Detector::ExfilNewDestination,
+        severity: if score >= 8.0 {
+            Severity::High
+        } else {
+            Severity::Medium
+        },
+        score,
+        summary: format!(
+            "sent {} to {} prefix(es) the class never used ({})",
+            mib(total as f64),
+            hits.len(),
+            prefixes.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+        ),
+        evidence: c.with_likelihood(evidence),
+        destinations: top(c.s, |p| prefixes.contains(&&dests::prefix(p.addr))),
+    })
+}
+
+/// exfil.slow_drip: cumulative bytes per (pod, prefix) over the drip
+/// horizon above what the class ever sent there. Only prefixes the pod
+/// sends to in this window count, so the finding resolves when it stops.
+pub fn slow_drip(c: &Ctx<'_>) -> Option<Candidate> {
+    let class = c.base.class(c.class())?;
+    let pod = c.s.subject.cgroup_id;
+    let active: Vec<String> = c
+        .s
+        .peers
+        .iter()
+        .filter(|p| p.external && p.tx_bytes > 0)
+        .map(|p| dests::prefix(p.addr))
+        .collect();
+    let mut hits: Vec<(String, u64, u64)> = Vec::new();
+    for (p, cum) in c.horizon_bytes {
+        if !active.contains(p) {
+            continue;
+        }
+        let ever = class
+            .dests
+            .get(p)
+            .map(|s| s.horizon_bytes.for_pod(pod))
+            .unwrap_or(0);
+        let threshold = ((ever as f64 * c.cfg.drip_factor) as u64).max(c.cfg.drip_min_bytes);
+        if *cum > threshold {
+            hits.push((p.clone(), *cum, ever));
+        }
+    }
+    let (p, cum, ever) = hits.into_iter().max_by_key(|h| h.1)?;
+    let score = cum as f64 / (ever.max(1) as f64);
+    Some(Candidate {
+        detector: Detector::ExfilSlowDrip,
+        severity: if ever == 0 {
+            Severity::High
+        } else {
+            Severity::Medium
+        },
+        score,
+        summary: format!(
+            "sent {} to {p} over the last {}, the class never sent more than {} there",
+            mib(cum as f64),
+            humantime::format_duration(c.cfg.drip_horizon),
+            mib(ever as f64)
+        ),
+        evidence: vec![Evidence {
+            name: format!("horizon_bytes {p}"),
+            observed: cum as f64,
+            baseline: Some(ever as f64),
+            unit: "bytes".into(),
+        }],
+        destinations: top(c.s, |peer| dests::prefix(peer.addr) == p),
+    })
+}
+
+/// exfil.storage: shared-storage writes far above the class, or
+/// read-then-send (bytes read from storage about equal to bytes sent out,
+/// while external egress is above the class quantile).
+pub fn storage(c: &Ctx<'_>) -> Option<Candidate> {
+    let f = &c.s.features;
+    let secs = c.secs();
+    let w = f.storage_write_bytes as f64 / secs;
+    let qw = c.q(Feature::StorageWriteBytes);
+    let w_threshold = (qw * c.cfg.storage_factor).max(c.cfg.storage_min_bytes_per_s);
+    let writes = w > w_threshold;
+    let ratio = f.egress_external_bytes as f64 / (f.storage_read_bytes.max(1)) as f64;
+    let out_rate = f.egress_external_bytes as f64 / secs;
+    let qout = c.q(Feature::EgressExternalBytes);
+    let read_send = f.storage_read_bytes >= c.cfg.read_send_min_bytes
+        && (c.cfg.read_send_min_ratio..=c.cfg.read_send_max_ratio).contains(&ratio)
+        && out_rate > qout;
+    if !writes && !read_send {
+        return None;
+    }
+    let mut evidence = Vec::new();
+    let mut parts = Vec::new();
+    if writes {
+        evidence.push(c.ev(Feature::StorageWriteBytes, w, Some(qw)));
+        parts.push(format!(
+            "wrote {}/s to shared storage, class p{:.0} {}/s",
+            mib(w),
+            c.cfg.quantile * 100.0,
+            mib(qw)
+        ));
+    }
+    if read_send {
+        evidence.push(c.ev(
+            Feature::StorageReadBytes,
+            f.storage_read_bytes as f64 / secs,
+            Some(c.q(Feature::StorageReadBytes)),
+        ));
+        evidence.push(c.ev(Feature::EgressExternalBytes, out_rate, Some(qout)));
+        evidence.push(Evidence {
+            name: "external_out_per_storage_read".into(),
+            observed: ratio,
+            baseline: None,
+            unit: "ratio".into(),
+        });
+        parts.push(format!(
+            "read {} from storage and sent {:.2}x that out",
+            mib(f.storage_read_bytes as f64),
+            ratio
+        ));
+    }
+    Some(Candidate {
+        detector: Detector::ExfilStorage,
+        severity: if read_send || w > 4.0 * w_threshold {
+            Severity::High
+        } else {
+            Severity::Medium
+        },
+        score: if writes { w / qw.max(1.0) } else { ratio },
+        summary: parts.join("; "),
+        evidence: c.with_likelihood(evidence),
+        destinations: if read_send {
+            top(c.s, |p| p.tx_bytes > 0)
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+/// exfil.dns_tunnel: query rate, name length and label entropy together.
+pub fn dns_tunnel(c: &Ctx<'_>) -> Option<Candidate> {
+    let f = &c.s.features;
+    let qps = f.dns_queries as f64 / c.secs();
+    let q_rate = c.q(Feature::DnsQueries);
+    let rate_threshold = (q_rate * c.cfg.dns_factor).max(c.cfg.dns_min_queries_per_s);
+    let q_len = c.q(Feature::DnsMeanNameLen);
+    let len_threshold = q_len.max(c.cfg.dns_min_name_len);
+    if qps <= rate_threshold
+        || f.dns_mean_name_len <= len_threshold
+        || f.dns_label_entropy < c.cfg.dns_min_entropy
+    {
+        return None;
+    }
+    Some(Candidate {
+        detector: Detector::ExfilDnsTunnel,
+        severity: Severity::High,
+        score: qps / rate_threshold * (f.dns_mean_name_len / len_threshold),
+        summary: format!(
+            "{qps:.1} DNS queries/s with names of {:.0} bytes and {:.2} bits/char label entropy (class p{:.0}: {q_rate:.1}/s, {q_len:.0} bytes)",
+            f.dns_mean_name_len,
+            f.dns_label_entropy,
+            c.cfg.quantile * 100.0
+        ),
+        evidence: vec![
+            c.ev(Feature::DnsQueries, qps, Some(q_rate)),
+            c.ev(Feature::DnsMeanNameLen, f.dns_mean_name_len, Some(q_len)),
+            c.ev(
+                Feature::DnsLabelEntropy,
+                f.dns_label_entropy,
+                Some(c.q(Feature::DnsLabelEntropy)),
+            ),
+        ],
+        destinations: top(c.s, |p| p.port == 53),
+    })
+}
+
+/// mining.stratum from the window's kernel counter (the per-tick path is
+/// [`super::Engine::stratum`]): critical, no learning needed.
+pub fn stratum(c: &Ctx<'_>) -> Option<Candidate> {
+    let n = c.s.features.stratum_markers;
+    (n > 0).then(|| Candidate {
+        detector: Detector::MiningStratum,
+        severity: Severity::Critical,
+        score: n as f64,
+        summary: format!("{n} stratum mining protocol message(s) at the start of outbound TCP streams"),
+        evidence: vec![Evidence {
+            name: "stratum_markers".into(),
+            observed: n as f64,
+            baseline: Some(0.0),
+            unit: "count".into(),
+        }],
+        destinations: top(c.s, |p| p.proto == "tcp"),
+    })
+}
+
+/// mining.profile: sustained CPU near the limit with few long-lived,
+/// low-volume external connections, unlike the class.
+pub fn profile(c: &Ctx<'_>) -> Option<Candidate> {
+    let cfg = c.cfg;
+    let s = c.s;
+    let cpu = features::cpu_fraction(s, cfg.profile_unlimited_cores);
+    if c.cpu_streak < cfg.profile_windows || cpu < cfg.profile_cpu_fraction {
+        return None;
+    }
+    let ext: Vec<&PeerWindow> = s.peers.iter().filter(|p| p.external).collect();
+    let rate = s.features.egress_external_bytes as f64 / c.secs();
+    let long_lived = ext.iter().any(|p| {
+        p.first_seen
+            .and_then(|t| s.end.duration_since(t).ok())
+            .is_some_and(|age| age >= cfg.profile_min_conn_age)
+    });
+    if ext.is_empty()
+        || ext.len() as u64 > cfg.profile_max_peers
+        || rate > cfg.profile_max_bytes_per_s
+        || !long_lived
+    {
+        return None;
+    }
+    let class_cpu = c.q(Feature::CpuFraction);
+    let class_busy = class_cpu >= 0.75 * cfg.profile_cpu_fraction;
+    let unlike = c.base.likelihood(s).is_some_and(|(ll, t)| ll < t);
+    if class_busy && !unlike {
+        return None;
+    }
+    Some(Candidate {
+        detector: Detector::MiningProfile,
+        severity: Severity::High,
+        score: cpu,
+        summary: format!(
+            "CPU at {:.0}% of its limit for {} windows with {} long-lived low-volume external connection(s) ({:.0} bytes/s); the class's p{:.0} is {:.0}%",
+            cpu * 100.0,
+            c.cpu_streak,
+            ext.len(),
+            rate,
+            cfg.quantile * 100.0,
+            class_cpu * 100.0
+        ),
+        evidence: c.with_likelihood(vec![
+            c.ev(Feature::CpuFraction, cpu, Some(class_cpu)),
+            c.ev(Feature::EgressExternalBytes, rate, Some(c.q(Feature::EgressExternalBytes))),
+            c.ev(
+                Feature::DistinctDestinations,
+                s.features.distinct_destinations as f64,
+                Some(c.q(Feature::DistinctDestinations)),
+            ),
+        ]),
+        destinations: top(s, |_| true),
+    })
+}
+
+/// mining.pool_port: traffic with well-known pool ports; low severity
+/// alone, medium with another mining finding for the pod.
+pub fn pool_port(c: &Ctx<'_>) -> Option<Candidate> {
+    let hits: Vec<&PeerWindow> = c
+        .s
+        .peers
+        .iter()
+        .filter(|p| p.external && c.cfg.pool_ports.contains(&p.port) && p.tx_bytes + p.rx_bytes > 0)
+        .collect();
+    if hits.is_empty() {
+        return None;
+    }
+    let names: Vec<String> = hits.iter().map(|p| peer_name(p)).collect();
+    Some(Candidate {
+        detector: Detector::MiningPoolPort,
+        severity: if c.mining_firing {
+            Severity::Medium
+        } else {
+            Severity::Low
+        },
+        score: hits.len() as f64,
+        summary: format!("traffic with well-known mining pool port(s): {}", names.join(", ")),
+        evidence: vec![Evidence {
+            name: "pool_port_peers".into(),
+            observed: hits.len() as f64,
+            baseline: None,
+            unit: "count".into(),
+        }],
+        destinations: names,
+    })
+}
