@@ -302,3 +302,6 @@ impl Baselines {
         store::save(&dir.join(store::FILE_NAME), &self.state())
     }
 }
+
+#[cfg(test)]
+mod tests;

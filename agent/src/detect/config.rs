@@ -82,9 +82,9 @@ pub struct DetectConfig {
     /// ... and above this rate.
     pub storage_min_bytes_per_s: f64,
     /// exfil.storage (read-then-send): at least this many bytes read from
-    /// storage in the window ...
+    /// storage in the window beyond the class's median read rate ...
     pub read_send_min_bytes: u64,
-    /// ... and external bytes sent / storage bytes read within
+    /// ... and external bytes sent / those extra bytes read within
     /// [read_send_min_ratio, read_send_max_ratio], with external egress
     /// above the class quantile.
     pub read_send_min_ratio: f64,

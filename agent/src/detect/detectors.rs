@@ -255,10 +255,17 @@ pub fn storage(c: &Ctx<'_>) -> Option<Candidate> {
     let qw = c.q(Feature::StorageWriteBytes);
     let w_threshold = (qw * c.cfg.storage_factor).max(c.cfg.storage_min_bytes_per_s);
     let writes = w > w_threshold;
-    let ratio = f.egress_external_bytes as f64 / (f.storage_read_bytes.max(1)) as f64;
+    // Reads beyond what the class usually reads (its median): a training
+    // pod that also uploads the dataset reads for both.
+    let read_median = c
+        .base
+        .quantile_at(c.class(), Feature::StorageReadBytes, 0.5)
+        .unwrap_or(0.0);
+    let extra_read = (f.storage_read_bytes as f64 - read_median * secs).max(0.0);
+    let ratio = f.egress_external_bytes as f64 / extra_read.max(1.0);
     let out_rate = f.egress_external_bytes as f64 / secs;
     let qout = c.q(Feature::EgressExternalBytes);
-    let read_send = f.storage_read_bytes >= c.cfg.read_send_min_bytes
+    let read_send = extra_read >= c.cfg.read_send_min_bytes as f64
         && (c.cfg.read_send_min_ratio..=c.cfg.read_send_max_ratio).contains(&ratio)
         && out_rate > qout;
     if !writes && !read_send {
@@ -279,7 +286,7 @@ pub fn storage(c: &Ctx<'_>) -> Option<Candidate> {
         evidence.push(c.ev(
             Feature::StorageReadBytes,
             f.storage_read_bytes as f64 / secs,
-            Some(c.q(Feature::StorageReadBytes)),
+            Some(read_median),
         ));
         evidence.push(c.ev(Feature::EgressExternalBytes, out_rate, Some(qout)));
         evidence.push(Evidence {
@@ -289,8 +296,8 @@ pub fn storage(c: &Ctx<'_>) -> Option<Candidate> {
             unit: "ratio".into(),
         });
         parts.push(format!(
-            "read {} from storage and sent {:.2}x that out",
-            mib(f.storage_read_bytes as f64),
+            "read {} from storage beyond the class median and sent {:.2}x that out",
+            mib(extra_read),
             ratio
         ));
     }

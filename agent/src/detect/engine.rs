@@ -152,11 +152,16 @@ impl Engine {
             mining_firing: self.is_firing(Detector::MiningProfile, id)
                 || self.is_firing(Detector::MiningStratum, id),
         });
-        // A stratum hit delivered per tick during this window keeps the
-        // stratum finding alive even if the window counter missed it.
+        // The kernel matches stratum only at the start of a stream, so a
+        // stratum finding stays alive while the pod talks to the pool it
+        // named, or got a per-tick hit during this window.
         if !cands.iter().any(|c| c.detector == Detector::MiningStratum)
-            && self.last_stratum.get(&id).is_some_and(|t| *t >= s.start)
             && let Some(a) = self.active.get(&(Detector::MiningStratum, id))
+            && (self.last_stratum.get(&id).is_some_and(|t| *t >= s.start)
+                || s.peers.iter().any(|p| {
+                    p.tx_bytes + p.rx_bytes > 0
+                        && a.finding.destinations.contains(&detectors::peer_name(p))
+                }))
         {
             let f = &a.finding;
             cands.push(Candidate {

@@ -18,3 +18,6 @@ pub mod synth;
 pub use config::{DetectConfig, DetectConfigError};
 pub use engine::{Engine, EngineStats};
 pub use finding::{Detector, Evidence, Finding, FindingState, Severity, Subject};
+
+#[cfg(test)]
+mod tests;
