@@ -187,7 +187,8 @@ pub fn cpu_limit_cores(dir: &std::path::Path) -> Option<f64> {
     (period > 0.0).then(|| quota / period)
 }
 
-fn subject_of(r: &CgroupRow) -> Subject {
+/// Who a cgroup row is, as findings name it.
+pub fn subject_of(r: &CgroupRow) -> Subject {
     Subject {
         cgroup_id: r.cgroup_id,
         cgroup_path: r.path.clone(),

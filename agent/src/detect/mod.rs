@@ -12,6 +12,7 @@ pub mod detectors;
 mod drip;
 mod engine;
 mod finding;
+pub mod live;
 pub mod replay;
 pub mod synth;
 

@@ -13,6 +13,10 @@ use crate::collect::WindowSample;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplayError {
+    #[error(transparent)]
+    Baselines(#[from] crate::baseline::StoreError),
+    #[error("writing findings: {0}")]
+    Write(#[source] std::io::Error),
     #[error("reading recorded windows {path}: {source}")]
     Read {
         path: PathBuf,
@@ -105,4 +109,39 @@ pub fn run(
         .map(|(k, _)| k.clone())
         .collect();
     summary
+}
+
+/// `tollgate replay`: reads recorded windows, optionally starts from and
+/// saves back the baselines in `baselines_dir`, prints every finding as a
+/// JSON line on stdout.
+pub fn replay_file(
+    cfg: &super::DetectConfig,
+    windows: &Path,
+    baselines_dir: Option<&Path>,
+) -> Result<ReplaySummary, ReplayError> {
+    let samples = read_jsonl(windows)?;
+    let base = match baselines_dir {
+        Some(d) => crate::baseline::Baselines::load_dir(d, cfg)?,
+        None => crate::baseline::Baselines::new(cfg),
+    };
+    let mut engine = Engine::new(cfg, base);
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut err = None;
+    let summary = run(&mut engine, samples, |f| {
+        if err.is_none()
+            && let Err(e) = serde_json::to_writer(&mut out, f)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
+        {
+            err = Some(e);
+        }
+    });
+    if let Some(e) = err {
+        return Err(ReplayError::Write(e));
+    }
+    out.flush().map_err(ReplayError::Write)?;
+    if let Some(d) = baselines_dir {
+        engine.baselines().save_dir(d)?;
+    }
+    Ok(summary)
 }
