@@ -309,4 +309,21 @@ mod tests {
         };
         assert!(c.validate().unwrap_err().to_string().contains("pool_ports"));
     }
+
+    #[test]
+    fn detect_section_in_the_config_file() {
+        use crate::config::Config;
+        let c = Config::parse(
+            "[detect]\nwindow = \"1s\"\nlearning_windows = 5\npool_ports = [3333]\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.detect.window, Duration::from_secs(1));
+        assert_eq!(c.detect.pool_ports, [3333]);
+        let e = Config::parse("[detect]\nwindw = \"1s\"\n").unwrap_err();
+        assert!(e.contains("windw"), "{e}");
+        let c = Config::parse("[detect]\nhorizon = \"1s\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("detect.horizon"), "{e}");
+    }
 }

@@ -185,3 +185,29 @@ fn stratum_hit_per_tick_is_deduplicated() {
     assert_eq!(gone[0].state, FindingState::Resolved);
     assert_eq!(e.firing().count(), 0);
 }
+
+#[test]
+fn recorded_windows_round_trip_and_bad_lines_are_named() {
+    let spec = Spec {
+        duration: Duration::from_secs(600),
+        pods_per_class: 1,
+        ..Spec::default()
+    };
+    let samples = synth::generate(&spec);
+    let path = std::env::temp_dir().join(format!("tollgate-replay-{}.jsonl", std::process::id()));
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _rm = Rm(path.clone());
+    replay::write_jsonl(std::fs::File::create(&path).unwrap(), &samples).unwrap();
+    assert_eq!(replay::read_jsonl(&path).unwrap(), samples);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().take(2).collect();
+    text = format!("{}\n\n{}\n{{\"subject\": 1}}\n", lines[0], lines[1]);
+    std::fs::write(&path, text).unwrap();
+    let e = replay::read_jsonl(&path).unwrap_err().to_string();
+    assert!(e.contains("line 4") && e.contains("WindowSample"), "{e}");
+}
