@@ -302,7 +302,12 @@ mod tests {
             quantile: 1.5,
             ..DetectConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("detect.quantile"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("detect.quantile")
+        );
         let c = DetectConfig {
             pool_ports: vec![0],
             ..DetectConfig::default()
@@ -313,10 +318,9 @@ mod tests {
     #[test]
     fn detect_section_in_the_config_file() {
         use crate::config::Config;
-        let c = Config::parse(
-            "[detect]\nwindow = \"1s\"\nlearning_windows = 5\npool_ports = [3333]\n",
-        )
-        .unwrap();
+        let c =
+            Config::parse("[detect]\nwindow = \"1s\"\nlearning_windows = 5\npool_ports = [3333]\n")
+                .unwrap();
         c.validate().unwrap();
         assert_eq!(c.detect.window, Duration::from_secs(1));
         assert_eq!(c.detect.pool_ports, [3333]);
