@@ -49,7 +49,7 @@ impl PodMax {
             Some(e) => e.1 = e.1.max(v),
             None => self.pods.push((pod, v)),
         }
-        self.pods.sort_by(|a, b| b.1.cmp(&a.1));
+        self.pods.sort_by_key(|p| std::cmp::Reverse(p.1));
         self.pods.truncate(POD_SLOTS);
     }
 

@@ -89,7 +89,7 @@ pub fn peer_name(p: &PeerWindow) -> String {
 /// The largest external destinations matching `keep`, largest tx first.
 fn top(s: &WindowSample, keep: impl Fn(&PeerWindow) -> bool) -> Vec<String> {
     let mut v: Vec<&PeerWindow> = s.peers.iter().filter(|p| p.external && keep(p)).collect();
-    v.sort_by(|a, b| b.tx_bytes.cmp(&a.tx_bytes));
+    v.sort_by_key(|p| std::cmp::Reverse(p.tx_bytes));
     v.into_iter().take(5).map(peer_name).collect()
 }
 
@@ -158,7 +158,7 @@ pub fn new_destination(c: &Ctx<'_>) -> Option<Candidate> {
     if hits.is_empty() {
         return None;
     }
-    hits.sort_by(|a, b| b.1.cmp(&a.1));
+    hits.sort_by_key(|h| std::cmp::Reverse(h.1));
     let total: u64 = hits.iter().map(|h| h.1).sum();
     let score = total as f64 / c.cfg.new_destination_min_bytes.max(1) as f64;
     let evidence = hits

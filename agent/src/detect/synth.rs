@@ -297,7 +297,7 @@ pub fn generate(spec: &Spec) -> Vec<WindowSample> {
                     }
                 }
                 f.distinct_destinations = peers.len() as u64;
-                peers.sort_by(|a, b| b.tx_bytes.cmp(&a.tx_bytes));
+                peers.sort_by_key(|p| std::cmp::Reverse(p.tx_bytes));
                 out.push(WindowSample {
                     subject: Subject {
                         cgroup_id: cgroup_id(class, i),
