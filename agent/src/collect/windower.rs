@@ -23,6 +23,12 @@ use std::{
 use ipnet::IpNet;
 use tollgate_ebpf::CGROUP_OVERFLOW;
 
+mod cpu;
+mod dns;
+
+pub use cpu::{cpu_limit_cores, cpu_usage_usec};
+pub use dns::{entropy, label_entropy};
+
 use super::{CgroupRow, Features, PeerWindow, Snapshot, WindowSample};
 use crate::detect::Subject;
 
@@ -127,40 +133,6 @@ fn delta(prev: u64, cur: u64, resets: &mut u64) -> u64 {
     }
 }
 
-/// Shannon entropy in bits per character.
-pub fn entropy(s: &str) -> f64 {
-    let mut counts = [0u32; 256];
-    for b in s.bytes() {
-        counts[b as usize] += 1;
-    }
-    let n = s.len() as f64;
-    if n == 0.0 {
-        return 0.0;
-    }
-    counts
-        .iter()
-        .filter(|c| **c > 0)
-        .map(|c| {
-            let p = *c as f64 / n;
-            -p * p.log2()
-        })
-        .sum()
-}
-
-/// Label entropy of a query name: the entropy of its labels below the
-/// registered domain (all but the last two), concatenated; of all labels
-/// for names with at most two. Tunnels put their payload there; ordinary
-/// names have short, low-entropy labels.
-pub fn label_entropy(name: &str) -> f64 {
-    let labels: Vec<&str> = name.trim_end_matches('.').split('.').collect();
-    let sub = if labels.len() > 2 {
-        &labels[..labels.len() - 2]
-    } else {
-        &labels[..]
-    };
-    entropy(&sub.concat())
-}
-
 /// Longest-prefix match of `addr` in the CIDR table: true when external.
 fn is_external(cidrs: &[(IpNet, bool)], addr: IpAddr) -> bool {
     cidrs
@@ -168,23 +140,6 @@ fn is_external(cidrs: &[(IpNet, bool)], addr: IpAddr) -> bool {
         .filter(|(n, _)| n.contains(&addr))
         .max_by_key(|(n, _)| n.prefix_len())
         .is_none_or(|(_, internal)| !internal)
-}
-
-/// Reads `usage_usec` from a cgroup's cpu.stat.
-fn cpu_usage_usec(dir: &std::path::Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("usage_usec "))
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// Reads the limit in cores from cpu.max ("max 100000" = unlimited).
-pub fn cpu_limit_cores(dir: &std::path::Path) -> Option<f64> {
-    let text = std::fs::read_to_string(dir.join("cpu.max")).ok()?;
-    let mut it = text.split_whitespace();
-    let quota: f64 = it.next()?.parse().ok()?;
-    let period: f64 = it.next()?.parse().ok()?;
-    (period > 0.0).then(|| quota / period)
 }
 
 /// Who a cgroup row is, as findings name it.
