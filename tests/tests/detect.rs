@@ -48,10 +48,9 @@ fn bulk_upload_raises_exfil_volume_for_the_pod() {
     let pod = topo.pod(0);
     let net = topo.internet().v4;
     let pins = TestPinDir::new().expect("pin dir");
-    let state = StateDir(std::env::temp_dir().join(format!(
-        "tollgate-detect-state-{}",
-        std::process::id()
-    )));
+    let state = StateDir(
+        std::env::temp_dir().join(format!("tollgate-detect-state-{}", std::process::id())),
+    );
     let config = format!(
         r#"
 [agent]
@@ -121,7 +120,10 @@ resolve_after = 30
         .into_iter()
         .filter(|f| f.subject.cgroup_id == pod.cgroup.id())
         .collect();
-    assert!(before.is_empty(), "benign traffic raised findings: {before:#?}");
+    assert!(
+        before.is_empty(),
+        "benign traffic raised findings: {before:#?}"
+    );
 
     // The upload.
     let mut tcp = Sink::start(topo.internet().command(&[
@@ -145,7 +147,11 @@ resolve_after = 30
     )
     .expect("upload");
     let got = tcp.finish(WAIT).expect("tcp sink exits");
-    assert_eq!(got.stdout.trim(), UPLOAD.to_string(), "sink received the upload");
+    assert_eq!(
+        got.stdout.trim(),
+        UPLOAD.to_string(),
+        "sink received the upload"
+    );
 
     let mut found = None;
     let waited = wait_until("an exfil.volume finding", WAIT, || {

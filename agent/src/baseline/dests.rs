@@ -8,11 +8,7 @@
 //! pod, and a pod is judged against the frozen value and the other pods'
 //! values, never its own later ones.
 
-use std::{
-    collections::BTreeMap,
-    net::IpAddr,
-    time::SystemTime,
-};
+use std::{collections::BTreeMap, net::IpAddr, time::SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -177,7 +173,10 @@ mod tests {
     #[test]
     fn prefixes() {
         assert_eq!(prefix("203.0.113.77".parse().unwrap()), "203.0.113.0/24");
-        assert_eq!(prefix("2001:db8:5:6::1".parse().unwrap()), "2001:db8:5::/48");
+        assert_eq!(
+            prefix("2001:db8:5:6::1".parse().unwrap()),
+            "2001:db8:5::/48"
+        );
     }
 
     #[test]

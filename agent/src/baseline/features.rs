@@ -102,7 +102,11 @@ pub fn window_secs(s: &WindowSample) -> f64 {
 /// measured against `unlimited_cores`.
 pub fn cpu_fraction(s: &WindowSample, unlimited_cores: f64) -> f64 {
     let cores = s.features.cpu_seconds / window_secs(s);
-    cores / s.features.cpu_limit_cores.unwrap_or(unlimited_cores).max(0.001)
+    cores
+        / s.features
+            .cpu_limit_cores
+            .unwrap_or(unlimited_cores)
+            .max(0.001)
 }
 
 /// The modelled features of one window.

@@ -173,6 +173,11 @@ mod tests {
         let mut out = data[0];
         out[0] = 16.0;
         out[8] = 6.0;
-        assert!(g.loglik(&out) < g.threshold, "{} vs {}", g.loglik(&out), g.threshold);
+        assert!(
+            g.loglik(&out) < g.threshold,
+            "{} vs {}",
+            g.loglik(&out),
+            g.threshold
+        );
     }
 }

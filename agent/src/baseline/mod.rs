@@ -104,7 +104,12 @@ impl ClassBaseline {
         let data: Vec<[f32; N]> = self.reservoir.iter().copied().collect();
         match gmm::Gmm::fit(&data, cfg.gmm_components, cfg.gmm_quantile, cfg.gmm_margin) {
             Ok(g) => {
-                tracing::debug!(class, windows = data.len(), threshold = g.threshold, "mixture refitted");
+                tracing::debug!(
+                    class,
+                    windows = data.len(),
+                    threshold = g.threshold,
+                    "mixture refitted"
+                );
                 self.gmm = Some(g);
             }
             Err(e) => {
@@ -132,7 +137,8 @@ impl ClassBaseline {
         c.first_at = s.first_at;
         c.last_at = s.last_at;
         c.learned_at = s.learned_at;
-        c.quantiles = quantiles::RingHist::from_state(&s.quantiles, cfg.horizon, cfg.horizon_buckets)?;
+        c.quantiles =
+            quantiles::RingHist::from_state(&s.quantiles, cfg.horizon, cfg.horizon_buckets)?;
         let skip = s.reservoir.len().saturating_sub(cfg.gmm_reservoir);
         c.reservoir = s.reservoir.iter().skip(skip).copied().collect();
         c.dests = s.dests.clone();

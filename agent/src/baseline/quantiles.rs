@@ -102,7 +102,11 @@ impl RingHist {
         let bucket = self.buckets.back_mut().expect("just ensured");
         for (i, f) in Feature::ALL.iter().enumerate() {
             let x = (v[i].max(0.0) * f.scale()).round();
-            let x = if x.is_finite() { x as u64 } else { u64::MAX / 4 };
+            let x = if x.is_finite() {
+                x as u64
+            } else {
+                u64::MAX / 4
+            };
             // Auto-resizing histograms accept every u64 we produce.
             let _ = bucket.hists[i].record(x);
             let _ = self.merged[i].record(x);
@@ -143,7 +147,11 @@ impl RingHist {
 
     /// Rebuilds from a persisted state; the current config's horizon wins
     /// (older buckets expire at the next record).
-    pub fn from_state(s: &RingHistState, horizon: Duration, buckets: usize) -> Result<Self, String> {
+    pub fn from_state(
+        s: &RingHistState,
+        horizon: Duration,
+        buckets: usize,
+    ) -> Result<Self, String> {
         let mut r = Self::new(horizon, buckets);
         for b in &s.buckets {
             if b.features.len() != N {

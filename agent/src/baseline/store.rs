@@ -110,7 +110,11 @@ pub fn decode(path: &Path, data: &[u8]) -> Result<BaselinesState, StoreError> {
         return Err(StoreError::Checksum {
             path: path.to_owned(),
             expected: header.sha256,
-            found: format!("{found} over {} bytes (header says {})", payload.len(), header.bytes),
+            found: format!(
+                "{found} over {} bytes (header says {})",
+                payload.len(),
+                header.bytes
+            ),
         });
     }
     serde_json::from_slice(payload).map_err(|e| StoreError::Decode {

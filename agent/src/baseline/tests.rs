@@ -18,7 +18,8 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("tollgate-baseline-{name}-{}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("tollgate-baseline-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         Self(p)
@@ -96,7 +97,11 @@ fn persistence_round_trip() {
     for class in synth::CLASSES {
         assert!(back.learned(class));
         for f in Feature::ALL {
-            assert_eq!(back.quantile(class, f), b.quantile(class, f), "{class} {f:?}");
+            assert_eq!(
+                back.quantile(class, f),
+                b.quantile(class, f),
+                "{class} {f:?}"
+            );
         }
         // The mixture is refitted on load from the persisted reservoir
         // (the file does not depend on linfa's internals).
@@ -112,7 +117,13 @@ fn persistence_round_trip() {
     assert_eq!(names, [store::FILE_NAME]);
     // A missing file means fresh baselines.
     let empty = TempDir::new("empty");
-    assert_eq!(Baselines::load_dir(empty.path(), &cfg()).unwrap().classes().count(), 0);
+    assert_eq!(
+        Baselines::load_dir(empty.path(), &cfg())
+            .unwrap()
+            .classes()
+            .count(),
+        0
+    );
 }
 
 #[test]
@@ -130,7 +141,10 @@ fn corrupted_and_wrong_version_files_are_rejected() {
     let e = Baselines::load_dir(dir.path(), &cfg()).unwrap_err();
     assert!(matches!(e, StoreError::Checksum { .. }), "{e}");
     let msg = e.to_string();
-    assert!(msg.contains("corrupt") && msg.contains(store::FILE_NAME), "{msg}");
+    assert!(
+        msg.contains("corrupt") && msg.contains(store::FILE_NAME),
+        "{msg}"
+    );
 
     // A truncated file.
     std::fs::write(&path, &good[..good.len() / 2]).unwrap();
@@ -145,7 +159,14 @@ fn corrupted_and_wrong_version_files_are_rejected() {
     std::fs::write(&path, v2).unwrap();
     let e = Baselines::load_dir(dir.path(), &cfg()).unwrap_err();
     assert!(
-        matches!(e, StoreError::Version { found: 2, expected: 1, .. }),
+        matches!(
+            e,
+            StoreError::Version {
+                found: 2,
+                expected: 1,
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("version 2"), "{e}");
@@ -199,5 +220,8 @@ fn export_then_import_merges_per_class() {
         store::import(node_b.path(), &file),
         Err(StoreError::Checksum { .. })
     ));
-    assert_eq!(std::fs::read(node_b.path().join(store::FILE_NAME)).unwrap(), before);
+    assert_eq!(
+        std::fs::read(node_b.path().join(store::FILE_NAME)).unwrap(),
+        before
+    );
 }

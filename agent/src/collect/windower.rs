@@ -229,7 +229,11 @@ impl Windower {
         let at = snap.taken_at;
         let first = self.start.is_none();
         let start = *self.start.get_or_insert(at);
-        for row in snap.cgroups.iter().filter(|r| r.cgroup_id != CGROUP_OVERFLOW) {
+        for row in snap
+            .cgroups
+            .iter()
+            .filter(|r| r.cgroup_id != CGROUP_OVERFLOW)
+        {
             self.add_row(row, at, first);
         }
         for s in &snap.dns_samples {
@@ -347,7 +351,11 @@ impl Windower {
                     first_seen: acc.first_seen.get(&(*addr, *port, proto.clone())).copied(),
                 })
                 .collect();
-            peers.sort_by(|a, b| b.tx_bytes.cmp(&a.tx_bytes).then(b.rx_bytes.cmp(&a.rx_bytes)));
+            peers.sort_by(|a, b| {
+                b.tx_bytes
+                    .cmp(&a.tx_bytes)
+                    .then(b.rx_bytes.cmp(&a.rx_bytes))
+            });
             let distinct = peers.len() as u64;
             if peers.len() > MAX_PEERS {
                 self.peers_dropped += (peers.len() - MAX_PEERS) as u64;

@@ -302,7 +302,12 @@ mod tests {
             quantile: 1.5,
             ..DetectConfig::default()
         };
-        assert!(c.validate().unwrap_err().to_string().contains("detect.quantile"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("detect.quantile")
+        );
         let c = DetectConfig {
             pool_ports: vec![0],
             ..DetectConfig::default()

@@ -184,7 +184,12 @@ pub fn new_destination(c: &Ctx<'_>) -> Option<Candidate> {
             "sent {} to {} prefix(es) the class never used ({})",
             mib(total as f64),
             hits.len(),
-            prefixes.iter().take(3).map(|s| s.as_str()).collect::<Vec<_>>().join(", ")
+            prefixes
+                .iter()
+                .take(3)
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         evidence: c.with_likelihood(evidence),
         destinations: top(c.s, |p| prefixes.contains(&&dests::prefix(p.addr))),
@@ -197,13 +202,12 @@ pub fn new_destination(c: &Ctx<'_>) -> Option<Candidate> {
 pub fn slow_drip(c: &Ctx<'_>) -> Option<Candidate> {
     let class = c.base.class(c.class())?;
     let pod = c.s.subject.cgroup_id;
-    let active: Vec<String> = c
-        .s
-        .peers
-        .iter()
-        .filter(|p| p.external && p.tx_bytes > 0)
-        .map(|p| dests::prefix(p.addr))
-        .collect();
+    let active: Vec<String> =
+        c.s.peers
+            .iter()
+            .filter(|p| p.external && p.tx_bytes > 0)
+            .map(|p| dests::prefix(p.addr))
+            .collect();
     let mut hits: Vec<(String, u64, u64)> = Vec::new();
     for (p, cum) in c.horizon_bytes {
         if !active.contains(p) {
@@ -364,7 +368,9 @@ pub fn stratum(c: &Ctx<'_>) -> Option<Candidate> {
         detector: Detector::MiningStratum,
         severity: Severity::Critical,
         score: n as f64,
-        summary: format!("{n} stratum mining protocol message(s) at the start of outbound TCP streams"),
+        summary: format!(
+            "{n} stratum mining protocol message(s) at the start of outbound TCP streams"
+        ),
         evidence: vec![Evidence {
             name: "stratum_markers".into(),
             observed: n as f64,
@@ -419,7 +425,11 @@ pub fn profile(c: &Ctx<'_>) -> Option<Candidate> {
         ),
         evidence: c.with_likelihood(vec![
             c.ev(Feature::CpuFraction, cpu, Some(class_cpu)),
-            c.ev(Feature::EgressExternalBytes, rate, Some(c.q(Feature::EgressExternalBytes))),
+            c.ev(
+                Feature::EgressExternalBytes,
+                rate,
+                Some(c.q(Feature::EgressExternalBytes)),
+            ),
             c.ev(
                 Feature::DistinctDestinations,
                 s.features.distinct_destinations as f64,
@@ -451,7 +461,10 @@ pub fn pool_port(c: &Ctx<'_>) -> Option<Candidate> {
             Severity::Low
         },
         score: hits.len() as f64,
-        summary: format!("traffic with well-known mining pool port(s): {}", names.join(", ")),
+        summary: format!(
+            "traffic with well-known mining pool port(s): {}",
+            names.join(", ")
+        ),
         evidence: vec![Evidence {
             name: "pool_port_peers".into(),
             observed: hits.len() as f64,

@@ -254,7 +254,12 @@ impl Engine {
     /// A stratum marker seen by the kernel (delivered every tick, not at
     /// window end): critical at once, no learning needed. Returns the new
     /// finding, or None when one is already firing for the pod.
-    pub fn stratum(&mut self, subject: &Subject, hit: &StratumHit, at: SystemTime) -> Option<Finding> {
+    pub fn stratum(
+        &mut self,
+        subject: &Subject,
+        hit: &StratumHit,
+        at: SystemTime,
+    ) -> Option<Finding> {
         self.stats.stratum_hits += 1;
         self.last_stratum.insert(subject.cgroup_id, at);
         let key = (Detector::MiningStratum, subject.cgroup_id);

@@ -145,7 +145,11 @@ impl Win<'_> {
             rx_bytes: rx,
             tx_packets: tx / 1400 + 1,
             rx_packets: rx / 1400 + 1,
-            first_seen: Some(if long_lived { self.rec_start } else { self.start }),
+            first_seen: Some(if long_lived {
+                self.rec_start
+            } else {
+                self.start
+            }),
         });
     }
 
@@ -173,7 +177,13 @@ fn benign(class: &str, i: usize, t: u64, rng: &mut Rng, win: &mut Win<'_>) {
                 win.f.storage_write_bytes = (40e6 * j(rng) * win.secs) as u64;
             }
             win.peer("203.0.113.10", 443, 2000.0 * j(rng), 500.0, true);
-            win.peer(&format!("198.18.1.{}", 10 + (i + 1) % 3), 29500, 1e6 * j(rng), 1e6, true);
+            win.peer(
+                &format!("198.18.1.{}", 10 + (i + 1) % 3),
+                29500,
+                1e6 * j(rng),
+                1e6,
+                true,
+            );
             win.dns(0.2 * j(rng), 18.0, 2.3);
         }
         "pipeline" => {

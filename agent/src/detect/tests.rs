@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use super::{
-    DetectConfig, Detector, Engine, Finding, FindingState, Severity, Subject,
-    replay,
+    DetectConfig, Detector, Engine, Finding, FindingState, Severity, Subject, replay,
     synth::{self, Attack, AttackKind, Spec},
 };
 use crate::{baseline::Baselines, collect::StratumHit};
@@ -42,7 +41,10 @@ fn assert_detected(findings: &[Finding], kind: AttackKind, d: Detector) -> Findi
         .iter()
         .filter(|f| f.subject.cgroup_id != victim)
         .collect();
-    assert!(others.is_empty(), "false alerts on benign pods: {others:#?}");
+    assert!(
+        others.is_empty(),
+        "false alerts on benign pods: {others:#?}"
+    );
     findings
         .iter()
         .find(|f| f.detector == d && f.state == FindingState::Firing)
@@ -57,7 +59,10 @@ fn six_hours_of_benign_windows_are_silent() {
     // 6 h of 10 s windows, 4 classes x 3 pods.
     assert_eq!(summary.windows, 2160 * 12);
     assert!(findings.is_empty(), "false alerts: {findings:#?}");
-    assert_eq!(summary.classes_learned, ["notebook", "pipeline", "service", "training"]);
+    assert_eq!(
+        summary.classes_learned,
+        ["notebook", "pipeline", "service", "training"]
+    );
     assert_eq!(engine.stats.trained, 2160 * 12);
     for class in synth::CLASSES {
         let c = engine.baselines().class(class).unwrap();
@@ -81,14 +86,21 @@ fn volume_fires_and_resolves() {
         f.started_at.duration_since(start).unwrap(),
         Duration::from_secs(7200 + 10)
     );
-    assert!(findings.iter().any(|f| f.detector == Detector::ExfilVolume
-        && f.state == FindingState::Resolved));
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.detector == Detector::ExfilVolume && f.state == FindingState::Resolved)
+    );
 }
 
 #[test]
 fn new_destination_fires() {
     let (_, findings, _) = run(&attack(AttackKind::NewDestination, 120, 5, 3));
-    let f = assert_detected(&findings, AttackKind::NewDestination, Detector::ExfilNewDestination);
+    let f = assert_detected(
+        &findings,
+        AttackKind::NewDestination,
+        Detector::ExfilNewDestination,
+    );
     assert!(f.summary.contains("2001:db8:bad::/48"), "{}", f.summary);
 }
 
@@ -131,7 +143,11 @@ fn stratum_marker_in_a_window_is_critical_even_while_learning() {
     let p = assert_detected(&findings, AttackKind::Stratum, Detector::MiningPoolPort);
     assert!(p.severity <= Severity::Medium);
     // Baseline detectors stay quiet during learning.
-    assert!(!findings.iter().any(|f| f.detector == Detector::MiningProfile));
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f.detector == Detector::MiningProfile)
+    );
 }
 
 #[test]
@@ -139,7 +155,11 @@ fn cpu_miner_behind_tls_fires_profile() {
     let (_, findings, _) = run(&attack(AttackKind::CpuMiner, 120, 30, 3));
     let f = assert_detected(&findings, AttackKind::CpuMiner, Detector::MiningProfile);
     assert!(f.evidence[0].observed >= 0.9);
-    assert!(!findings.iter().any(|f| f.detector == Detector::MiningPoolPort));
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f.detector == Detector::MiningPoolPort)
+    );
 }
 
 #[test]
@@ -175,9 +195,15 @@ fn stratum_hit_per_tick_is_deduplicated() {
     };
     let at = Spec::default().start;
     let f = e.stratum(&subject, &hit, at).unwrap();
-    assert_eq!((f.detector, f.severity), (Detector::MiningStratum, Severity::Critical));
+    assert_eq!(
+        (f.detector, f.severity),
+        (Detector::MiningStratum, Severity::Critical)
+    );
     assert_eq!(f.started_at, at);
-    assert!(e.stratum(&subject, &hit, at + Duration::from_secs(1)).is_none());
+    assert!(
+        e.stratum(&subject, &hit, at + Duration::from_secs(1))
+            .is_none()
+    );
     assert_eq!(e.firing().count(), 1);
     // The pod disappears: swept and resolved.
     let gone = e.sweep(at + Duration::from_secs(3600));

@@ -63,19 +63,31 @@ fn cumulative_counters_become_window_deltas() {
     let mut w = windower();
     let ext = "203.0.113.5";
     let int = "198.18.0.9";
-    assert!(w.push(&snap(0, vec![row(42, None, 1000, &[(ext, 1000), (int, 50)])])).is_empty());
-    // A cgroup first seen after the start counts from zero.
     assert!(
-        w.push(&snap(5, vec![
-            row(42, None, 3000, &[(ext, 3000), (int, 50)]),
-            row(43, None, 700, &[(ext, 700)]),
-        ]))
+        w.push(&snap(
+            0,
+            vec![row(42, None, 1000, &[(ext, 1000), (int, 50)])]
+        ))
         .is_empty()
     );
-    let out = w.push(&snap(10, vec![
-        row(42, None, 6000, &[(ext, 6000), (int, 80)]),
-        row(43, None, 900, &[(ext, 900)]),
-    ]));
+    // A cgroup first seen after the start counts from zero.
+    assert!(
+        w.push(&snap(
+            5,
+            vec![
+                row(42, None, 3000, &[(ext, 3000), (int, 50)]),
+                row(43, None, 700, &[(ext, 700)]),
+            ]
+        ))
+        .is_empty()
+    );
+    let out = w.push(&snap(
+        10,
+        vec![
+            row(42, None, 6000, &[(ext, 6000), (int, 80)]),
+            row(43, None, 900, &[(ext, 900)]),
+        ],
+    ));
     assert_eq!(out.len(), 2);
     let a = &out[0];
     assert_eq!((a.subject.cgroup_id, a.start, a.end), (42, at(0), at(10)));
