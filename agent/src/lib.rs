@@ -8,6 +8,7 @@ pub mod cgroupfs;
 pub mod check;
 pub mod collect;
 pub mod config;
+pub mod demo;
 pub mod detect;
 #[allow(unsafe_code)]
 pub mod ebpf;

@@ -83,6 +83,28 @@ enum Cmd {
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
         interval: Duration,
     },
+    /// Four pods on this machine (a training job, a notebook, an
+    /// exfiltrator and a stratum miner) watched by a real agent: live
+    /// counts and findings, the attackers quarantined, a summary; every
+    /// namespace, cgroup and pin it made is removed on exit or Ctrl-C.
+    Demo {
+        /// Benign behaviour before the attacks start (the classes learn).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        learn: Duration,
+        /// How long to keep watching after the attacks start (the demo
+        /// ends 10 s after both attackers are quarantined).
+        #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+        watch: Duration,
+        /// Print the summary as JSON on stdout (the live view goes too).
+        #[arg(long)]
+        json: bool,
+    },
+    /// A demo workload or server (started by `tollgate demo`).
+    #[command(hide = true)]
+    DemoWorker {
+        #[command(subcommand)]
+        role: tollgate::demo::worker::Role,
+    },
     /// Benchmark the egress program with BPF_PROG_TEST_RUN (for `cargo xtask bench`).
     #[command(hide = true)]
     BenchProg {
@@ -296,6 +318,44 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Demo { learn, watch, json } => {
+            let opts = tollgate::demo::DemoOptions { learn, watch, json };
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("tollgate: starting the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(tollgate::demo::run(&opts)) {
+                Ok(summary) => {
+                    if opts.json {
+                        println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    } else {
+                        tollgate::demo::print_summary(&summary);
+                    }
+                    if summary.ok || summary.interrupted {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("tollgate demo: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::DemoWorker { role } => match tollgate::demo::worker::run(role) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate demo-worker: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Check { json, btf } => {
             if check::print(&check::probe_all_with(&btf), json) {
                 ExitCode::SUCCESS

@@ -55,6 +55,13 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// The demo (README's main job): setup, build and exec `tollgate demo`:
+    /// four pods, two of them attackers, detected and quarantined live.
+    Demo {
+        /// Arguments for `tollgate demo`, after `--` (e.g. `-- --learn 20s`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::Bench),
@@ -73,6 +80,11 @@ fn main() -> Result<ExitCode> {
         Cmd::Lint => lint().map(|()| ExitCode::SUCCESS),
         Cmd::Run { args } => run(&args),
         Cmd::Live { seconds, keep } => live::run(seconds, keep).map(|()| ExitCode::SUCCESS),
+        Cmd::Demo { args } => {
+            let mut all = vec!["demo".to_owned()];
+            all.extend(args);
+            run(&all)
+        }
         Cmd::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
     }
 }
