@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use aya::programs::{TestRun as _, TestRunOptions};
 use etherparse::PacketBuilder;
 use tollgate_tests::progrun::Loaded;
 
