@@ -16,3 +16,5 @@ pub mod quarantine;
 pub mod run;
 pub mod storage;
 pub mod top;
+pub mod health;
+pub mod respond;

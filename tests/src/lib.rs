@@ -14,10 +14,12 @@
 pub mod agent;
 pub mod cgroup;
 pub mod cmd;
+pub mod http;
 pub mod kube_api;
 pub mod netns;
 pub mod nft;
 pub mod pod;
+pub mod servers;
 pub mod privileged;
 pub mod storage;
 pub mod top;
