@@ -41,6 +41,24 @@ pub struct Health {
 }
 
 impl Health {
+    /// Turns the kernel's BPF statistics on when `want` (they stay on while
+    /// the returned descriptor lives); logs why not if that fails.
+    pub fn enable_program_stats(&self, want: bool) -> Option<std::os::fd::OwnedFd> {
+        if !want {
+            return None;
+        }
+        match crate::ebpf::enable_program_stats() {
+            Ok(fd) => {
+                self.stats_held.store(true, Ordering::Relaxed);
+                Some(fd)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "program run-time statistics unavailable");
+                None
+            }
+        }
+    }
+
     pub fn stats_enabled(&self) -> bool {
         self.stats_held.load(Ordering::Relaxed) || sysctl_stats_enabled()
     }

@@ -10,11 +10,11 @@ pub mod config;
 pub mod detect;
 #[allow(unsafe_code)]
 pub mod ebpf;
+pub mod health;
 pub mod inventory;
 pub mod metrics;
 pub mod quarantine;
+pub mod respond;
 pub mod run;
 pub mod storage;
 pub mod top;
-pub mod health;
-pub mod respond;

@@ -142,18 +142,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         .registry_mut()
         .register_collector(Box::new(health.clone()));
     // Held for the agent's lifetime: statistics stay on while it runs.
-    let _program_stats = cfg.metrics.program_stats.then(|| {
-        match crate::ebpf::enable_program_stats() {
-            Ok(fd) => {
-                health.stats_held.store(true, std::sync::atomic::Ordering::Relaxed);
-                Some(fd)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "program run-time statistics unavailable");
-                None
-            }
-        }
-    });
+    let _program_stats = health.enable_program_stats(cfg.metrics.program_stats);
     let mut responders = crate::respond::Responders::start(&cfg, &mut metrics, &node_name())?;
     let metrics = Arc::new(metrics);
     tracing::info!(addr = %listener.local_addr().unwrap_or(metrics_addr), "serving /metrics");

@@ -70,7 +70,9 @@ pub fn get(addr: &str, path: &str) -> Result<String> {
 /// A free loopback port (bound, then released: the caller binds it next).
 pub fn free_port() -> Result<u16> {
     let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::io("binding a free port", e))?;
-    Ok(l.local_addr().map_err(|e| Error::io("local addr", e))?.port())
+    Ok(l.local_addr()
+        .map_err(|e| Error::io("local addr", e))?
+        .port())
 }
 
 /// One request the webhook received.

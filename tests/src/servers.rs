@@ -145,7 +145,9 @@ impl Prometheus {
             fs::write(&p, rules).map_err(|e| Error::io("writing rules", e))?;
             yml.push_str(&format!("rule_files:\n  - {}\n", p.display()));
         }
-        yml.push_str("scrape_configs:\n  - job_name: tollgate\n    static_configs:\n      - targets: [");
+        yml.push_str(
+            "scrape_configs:\n  - job_name: tollgate\n    static_configs:\n      - targets: [",
+        );
         yml.push_str(
             &targets
                 .iter()
@@ -158,7 +160,10 @@ impl Prometheus {
         fs::write(&cfg, yml).map_err(|e| Error::io("writing prometheus.yml", e))?;
         let mut c = Command::new(PROMETHEUS_BIN);
         c.arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.0.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.0.join("data").display()
+            ))
             .arg(format!("--web.listen-address={addr}"))
             .arg("--log.level=warn");
         let mut proc = Proc::spawn(c, dir.0.join("log"))?;
@@ -202,12 +207,24 @@ pub struct Alertmanager {
     proc: Proc,
     addr: String,
     dir: Dir,
+    /// Serves https with this web config (TLS, basic auth).
+    tls: bool,
 }
 
 impl Alertmanager {
     /// Starts on a free port, notifications to `webhook_url`.
     pub fn start(webhook_url: &str) -> Result<Self> {
+        Self::start_with_web_config(webhook_url, None)
+    }
+
+    /// [`Alertmanager::start`] with a `--web.config.file` (its text): TLS
+    /// (`tls_server_config`) and `basic_auth_users`. Paths inside are
+    /// absolute.
+    pub fn start_with_web_config(webhook_url: &str, web: Option<&str>) -> Result<Self> {
         let dir = Dir::new("alertmanager")?;
+        if let Some(w) = web {
+            fs::write(dir.0.join("web.yml"), w).map_err(|e| Error::io("writing web.yml", e))?;
+        }
         let addr = format!("127.0.0.1:{}", http::free_port()?);
         let yml = format!(
             "route:\n  receiver: test\n  group_by: ['alertname', 'pod']\n  group_wait: 100ms\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: test\n    webhook_configs:\n      - url: '{webhook_url}'\n        send_resolved: true\n"
@@ -221,6 +238,7 @@ impl Alertmanager {
             },
             addr,
             dir,
+            tls: web.is_some_and(|w| w.contains("tls_server_config")),
         };
         am.restart()?;
         Ok(am)
@@ -235,13 +253,28 @@ impl Alertmanager {
             "--config.file={}",
             self.dir.0.join("alertmanager.yml").display()
         ))
-        .arg(format!("--storage.path={}", self.dir.0.join("data").display()))
+        .arg(format!(
+            "--storage.path={}",
+            self.dir.0.join("data").display()
+        ))
         .arg(format!("--web.listen-address={}", self.addr))
         // No HA gossip: it would bind 0.0.0.0:9094.
         .arg("--cluster.listen-address=")
         .arg("--log.level=warn");
+        let web = self.dir.0.join("web.yml");
+        if web.exists() {
+            c.arg(format!("--web.config.file={}", web.display()));
+        }
         self.proc = Proc::spawn(c, self.dir.0.join("log"))?;
-        self.proc.wait_ready(&self.addr, "/-/ready")
+        if self.tls {
+            // No TLS client here: ready once it accepts connections.
+            let addr = self.addr.clone();
+            cmd::wait_until("alertmanager listening", READY, || {
+                std::net::TcpStream::connect(&addr).is_ok()
+            })
+        } else {
+            self.proc.wait_ready(&self.addr, "/-/ready")
+        }
     }
 
     /// Kills it (SIGKILL, by pid).
@@ -250,7 +283,8 @@ impl Alertmanager {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// GET /api/v2/alerts.

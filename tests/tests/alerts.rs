@@ -83,12 +83,16 @@ fn alerts_for(hook: &Webhook, pod: &str) -> Vec<(Instant, serde_json::Value)> {
 /// when it arrived and the alert.
 fn wait_alert(hook: &Webhook, pod: &str, status: &str) -> (Instant, serde_json::Value) {
     let mut found = None;
-    let _ = wait_until(&format!("{status} alert for {pod} at the webhook"), WAIT, || {
-        found = alerts_for(hook, pod)
-            .into_iter()
-            .find(|(_, a)| a["status"] == status);
-        found.is_some()
-    });
+    let _ = wait_until(
+        &format!("{status} alert for {pod} at the webhook"),
+        WAIT,
+        || {
+            found = alerts_for(hook, pod)
+                .into_iter()
+                .find(|(_, a)| a["status"] == status);
+            found.is_some()
+        },
+    );
     found.unwrap_or_else(|| {
         panic!(
             "no {status} alert for {pod}; webhook got {:#?}",
@@ -129,7 +133,11 @@ fn quarantine_alert_reaches_every_alertmanager_and_resolves() {
     let class = row.class.clone().unwrap_or_else(|| "default".into());
 
     let t0 = Instant::now();
-    tg(pins.path(), &state, &["quarantine", "--cgroup", &rel, "--reason", "alert test"]);
+    tg(
+        pins.path(),
+        &state,
+        &["quarantine", "--cgroup", &rel, "--reason", "alert test"],
+    );
     assert!(!send_from(&cg), "quarantined: sendmsg refused");
     for (i, hook) in hooks.iter().enumerate() {
         let (at, a) = wait_alert(hook, &pod, "firing");
@@ -149,8 +157,17 @@ fn quarantine_alert_reaches_every_alertmanager_and_resolves() {
         }
         let ann = &a["annotations"];
         let summary = ann["summary"].as_str().unwrap();
-        assert!(summary.contains("quarantined by cli:") && summary.contains("alert test"), "{summary}");
-        assert!(ann["evidence"].as_str().unwrap().contains("connects_denied="), "{ann}");
+        assert!(
+            summary.contains("quarantined by cli:") && summary.contains("alert test"),
+            "{summary}"
+        );
+        assert!(
+            ann["evidence"]
+                .as_str()
+                .unwrap()
+                .contains("connects_denied="),
+            "{ann}"
+        );
         assert_eq!(
             ann["runbook_url"],
             "https://tollgate.io/runbooks/TollgateQuarantined"
@@ -182,12 +199,18 @@ fn quarantine_alert_reaches_every_alertmanager_and_resolves() {
         "quarantine state per pod"
     );
     assert_eq!(
-        servers::sample(&m, "tollgate_findings_total{detector=\"response.quarantine\",severity=\"high\"}"),
+        servers::sample(
+            &m,
+            "tollgate_findings_total{detector=\"response.quarantine\",severity=\"high\"}"
+        ),
         Some(1.0)
     );
     assert_eq!(servers::sample(&m, "tollgate_alerts_firing "), Some(1.0));
     for u in &urls {
-        let d = servers::sample(&m, &format!("tollgate_alert_deliveries_total{{alertmanager=\"{u}\"}}"));
+        let d = servers::sample(
+            &m,
+            &format!("tollgate_alert_deliveries_total{{alertmanager=\"{u}\"}}"),
+        );
         assert!(d.is_some_and(|d| d >= 1.0), "deliveries to {u}: {d:?}");
     }
 
@@ -223,13 +246,18 @@ fn alert_survives_alertmanager_outage_and_agent_restart() {
     let addr = servers::agent_metrics_addr(&agent).unwrap();
     let cg = TestCgroup::new("outage").expect("cgroup");
     let rel = cg.rel_path();
-    tg(pins.path(), &state, &["quarantine", "--cgroup", &rel, "--reason", "outage test"]);
+    tg(
+        pins.path(),
+        &state,
+        &["quarantine", "--cgroup", &rel, "--reason", "outage test"],
+    );
 
     // Alertmanager is down: deliveries fail, are counted, the alert waits
     // on disk, and the agent says so with the URL and the fix.
+    let am_url = am.url();
     let metric = |name: &str| {
         let m = http::get(&addr, "/metrics").unwrap_or_default();
-        servers::sample(&m, &format!("{name}{{alertmanager=\"{}\"}}", am.url()))
+        servers::sample(&m, &format!("{name}{{alertmanager=\"{am_url}\"}}"))
     };
     wait_until("3 failed deliveries", WAIT, || {
         metric("tollgate_alert_delivery_failures_total").is_some_and(|f| f >= 3.0)
@@ -243,7 +271,9 @@ fn alert_survives_alertmanager_outage_and_agent_restart() {
         .filter(|l| l.contains("cannot deliver alerts to Alertmanager"))
         .collect();
     assert!(
-        warns.len() == 1 && warns[0].contains(&am.url()) && warns[0].contains("check that Alertmanager runs"),
+        warns.len() == 1
+            && warns[0].contains(&am.url())
+            && warns[0].contains("check that Alertmanager runs"),
         "one warning per resend interval, with URL and fix: {warns:#?}"
     );
     let queue_files = || -> usize {
@@ -283,12 +313,14 @@ fn alert_survives_alertmanager_outage_and_agent_restart() {
     agent.kill9();
     let agent2 =
         Agent::start_with_env(pins.path(), &cfg, &[("NODE_NAME", NODE)]).expect("agent restarts");
-    assert!(agent2.log().contains("alerts queued by a previous run") || {
-        let _ = wait_until("queue recovery logged", WAIT, || {
+    assert!(
+        agent2.log().contains("alerts queued by a previous run") || {
+            let _ = wait_until("queue recovery logged", WAIT, || {
+                agent2.log().contains("alerts queued by a previous run")
+            });
             agent2.log().contains("alerts queued by a previous run")
-        });
-        agent2.log().contains("alerts queued by a previous run")
-    });
+        }
+    );
     let t = Instant::now();
     am.restart().expect("alertmanager back again");
     let back = t.elapsed();
@@ -303,4 +335,83 @@ fn alert_survives_alertmanager_outage_and_agent_restart() {
     drop(agent2);
     drop(agent);
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// A CA, and a server certificate for 127.0.0.1 signed by it (openssl).
+fn make_certs(dir: &Path) {
+    let sh = format!(
+        "set -e; cd {d}; \
+         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=tollgate-test-ca 2>/dev/null; \
+         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null; \
+         printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext; \
+         openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext 2>/dev/null",
+        d = dir.display()
+    );
+    let out = Command::new("sh").args(["-c", &sh]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Alertmanager behind TLS (a private CA) and basic auth: the agent trusts
+/// the CA from `alerts.ca_file` and authenticates; with a wrong password
+/// the 401 is counted as rejected and logged, not retried forever.
+#[test]
+fn alerts_over_tls_with_basic_auth() {
+    privileged!("prometheus-alertmanager", "openssl");
+    let dir = state_dir();
+    std::fs::create_dir_all(&dir).unwrap();
+    make_certs(&dir);
+    let hook = Webhook::start().unwrap();
+    // bcrypt of "test" (the example in Prometheus's web configuration docs).
+    let web = format!(
+        "tls_server_config:\n  cert_file: {d}/srv.pem\n  key_file: {d}/srv.key\nbasic_auth_users:\n  tollgate: $2b$12$hNf2lSsxfm0.i4a.1kVpSOVyBCfIB51VRjgBUyv6kdnyTlgWj81Ay\n",
+        d = dir.display()
+    );
+    let am = Alertmanager::start_with_web_config(&hook.url(), Some(&web)).expect("alertmanager");
+    assert!(am.url().starts_with("https://"));
+    std::fs::write(dir.join("good"), "test\n").unwrap();
+    std::fs::write(dir.join("bad"), "nope\n").unwrap();
+    let pins = TestPinDir::new().expect("pin dir");
+    let state = dir.join("state");
+    let auth = |pw: &str| {
+        format!(
+            "{}ca_file = \"{d}/ca.pem\"\nbasic_auth_username = \"tollgate\"\nbasic_auth_password_file = \"{d}/{pw}\"\n",
+            config(&state, &[am.url()]),
+            d = dir.display()
+        )
+    };
+    let mut agent = Agent::start_with_env(pins.path(), &auth("bad"), &[("NODE_NAME", NODE)])
+        .expect("agent starts");
+    let addr = servers::agent_metrics_addr(&agent).unwrap();
+    let cg = TestCgroup::new("tls").expect("cgroup");
+    let rel = cg.rel_path();
+    tg(
+        pins.path(),
+        &state,
+        &["quarantine", "--cgroup", &rel, "--reason", "tls test"],
+    );
+    let metric = |name: &str| {
+        let m = http::get(&addr, "/metrics").unwrap_or_default();
+        servers::sample(&m, &format!("{name}{{alertmanager=\"{}\"}}", am.url()))
+    };
+    wait_until("the 401 counted as rejected", WAIT, || {
+        metric("tollgate_alert_rejected_total").is_some_and(|v| v >= 1.0)
+    })
+    .expect("rejected");
+    assert_eq!(metric("tollgate_alert_deliveries_total"), Some(0.0));
+    assert!(
+        agent.log().contains("status=401"),
+        "the rejection is logged with the status"
+    );
+    // The right password: the next re-send (3 s) gets through.
+    agent.kill9();
+    let _agent2 = Agent::start_with_env(pins.path(), &auth("good"), &[("NODE_NAME", NODE)])
+        .expect("agent restarts");
+    let (_, a) = wait_alert(&hook, &rel, "firing");
+    assert_eq!(a["labels"]["alertname"], "TollgateQuarantined");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
 }

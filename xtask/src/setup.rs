@@ -29,6 +29,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("fuse3", "fusermount3 for the bindfs mounts"),
     (
+        "openssl",
+        "tests: a private CA for the Alertmanager TLS test",
+    ),
+    (
         "prometheus",
         "tests: scrapes the agent and evaluates every dashboard and rule query",
     ),

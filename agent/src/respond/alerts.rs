@@ -30,11 +30,7 @@ use std::{
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric as _},
-    metrics::{
-        MetricType,
-        counter::ConstCounter,
-        gauge::ConstGauge,
-    },
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
@@ -213,7 +209,14 @@ impl Alerter {
         put("namespace", s.namespace.as_deref().unwrap_or(""));
         put("pod", &pod);
         put("container", s.container.as_deref().unwrap_or(""));
-        put("class", if s.class.is_empty() { "default" } else { &s.class });
+        put(
+            "class",
+            if s.class.is_empty() {
+                "default"
+            } else {
+                &s.class
+            },
+        );
         put("node", &self.node);
 
         let mut ann = BTreeMap::new();
@@ -308,7 +311,8 @@ impl Alerter {
             .store(self.firing.len() as u64, Ordering::Relaxed);
         let tmp = self.firing_file.with_extension("json.tmp");
         let body = serde_json::to_vec(&self.firing).expect("firing alerts serialize");
-        let res = std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &self.firing_file));
+        let res =
+            std::fs::write(&tmp, body).and_then(|()| std::fs::rename(&tmp, &self.firing_file));
         if let Err(e) = res {
             tracing::warn!(file = %self.firing_file.display(), error = %e, "could not save the firing alerts; after a restart they are re-sent only when found again");
         }

@@ -64,15 +64,23 @@ impl Responder for FindingMetrics {
         let prev = self.current.get(&key).copied();
         match (f.state, prev) {
             (FindingState::Firing, None) => {
-                self.total.get_or_create(&labels(f.detector, f.severity)).inc();
-                self.firing.get_or_create(&labels(f.detector, f.severity)).inc();
+                self.total
+                    .get_or_create(&labels(f.detector, f.severity))
+                    .inc();
+                self.firing
+                    .get_or_create(&labels(f.detector, f.severity))
+                    .inc();
                 self.current.insert(key, f.severity);
             }
             (FindingState::Firing, Some(s)) if s != f.severity => {
                 // Escalation: counted once more under the new severity.
                 self.firing.get_or_create(&labels(f.detector, s)).dec();
-                self.total.get_or_create(&labels(f.detector, f.severity)).inc();
-                self.firing.get_or_create(&labels(f.detector, f.severity)).inc();
+                self.total
+                    .get_or_create(&labels(f.detector, f.severity))
+                    .inc();
+                self.firing
+                    .get_or_create(&labels(f.detector, f.severity))
+                    .inc();
                 self.current.insert(key, f.severity);
             }
             (FindingState::Firing, Some(_)) => {}

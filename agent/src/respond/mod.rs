@@ -5,8 +5,8 @@
 
 pub mod alerts;
 pub mod findings;
-pub mod queue;
 pub mod quarantine_feed;
+pub mod queue;
 
 use crate::detect::Finding;
 
@@ -18,7 +18,10 @@ pub trait Responder {
 use std::time::SystemTime;
 
 use crate::{
-    collect::Snapshot, config::Config, metrics::Metrics, quarantine::Record,
+    collect::Snapshot,
+    config::Config,
+    metrics::Metrics,
+    quarantine::Record,
     respond::{
         alerts::{Alerter, ClientError},
         findings::FindingMetrics,

@@ -50,7 +50,12 @@ impl QuarantineFeed {
 
     /// Compares the quarantine records with what was firing: new ones fire,
     /// gone ones resolve, changed identity or counts update.
-    pub fn update(&mut self, records: &[Record], rows: &[CgroupRow], now: SystemTime) -> Vec<Finding> {
+    pub fn update(
+        &mut self,
+        records: &[Record],
+        rows: &[CgroupRow],
+        now: SystemTime,
+    ) -> Vec<Finding> {
         let mut out = Vec::new();
         let mut seen = Vec::with_capacity(records.len());
         for r in records {
@@ -116,7 +121,12 @@ fn finding(r: &Record, row: Option<&CgroupRow>, prev: Option<&Finding>) -> Findi
     };
     let ttl = r
         .expires_unix
-        .map(|t| format!(", until {}", humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t))))
+        .map(|t| {
+            format!(
+                ", until {}",
+                humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(t))
+            )
+        })
         .unwrap_or_default();
     let mut f = Finding {
         detector: Detector::Quarantine,
@@ -125,10 +135,7 @@ fn finding(r: &Record, row: Option<&CgroupRow>, prev: Option<&Finding>) -> Findi
         subject,
         summary: String::new(),
         evidence: vec![
-            count(
-                "connects_denied",
-                row.map_or(0, |x| x.connects_denied),
-            ),
+            count("connects_denied", row.map_or(0, |x| x.connects_denied)),
             count(
                 "quarantine_dropped_packets",
                 row.map_or(0, |x| x.quarantine_dropped.packets),
@@ -147,7 +154,11 @@ fn finding(r: &Record, row: Option<&CgroupRow>, prev: Option<&Finding>) -> Findi
         started_at: since,
         ended_at: None,
     };
-    let why = if r.reason.is_empty() { "no reason given" } else { &r.reason };
+    let why = if r.reason.is_empty() {
+        "no reason given"
+    } else {
+        &r.reason
+    };
     f.summary = format!("{} quarantined by {}: {why}{ttl}", f.target(), r.by);
     f
 }
@@ -219,7 +230,10 @@ mod tests {
         assert_eq!(f.state, FindingState::Firing);
         assert_eq!(f.target(), "/pods/a");
         assert_eq!(f.summary, "/pods/a quarantined by cli:root: test");
-        assert!(feed.update(&[rec(7, "/pods/a")], &[], now).is_empty(), "no change, no finding");
+        assert!(
+            feed.update(&[rec(7, "/pods/a")], &[], now).is_empty(),
+            "no change, no finding"
+        );
         // The kernel counts what it stopped: an update.
         let row = CgroupRow {
             cgroup_id: 7,
@@ -241,7 +255,9 @@ mod tests {
     #[test]
     fn releases_while_down_are_resolved_on_start() {
         let mut first = QuarantineFeed::new([]);
-        let f = first.update(&[rec(9, "/x")], &[], SystemTime::now()).remove(0);
+        let f = first
+            .update(&[rec(9, "/x")], &[], SystemTime::now())
+            .remove(0);
         let mut feed = QuarantineFeed::new([&f]);
         let out = feed.update(&[], &[], SystemTime::now());
         assert_eq!(out.len(), 1);

@@ -168,8 +168,7 @@ impl AlertsConfig {
                 "choose basic auth or a bearer token, not both",
             ));
         }
-        if basic
-            && (self.basic_auth_username.is_empty() || self.basic_auth_password_file.is_none())
+        if basic && (self.basic_auth_username.is_empty() || self.basic_auth_password_file.is_none())
         {
             return Err(invalid(
                 "alerts.basic_auth_username",
@@ -179,7 +178,10 @@ impl AlertsConfig {
         }
         for (key, f) in [
             ("alerts.ca_file", &self.ca_file),
-            ("alerts.basic_auth_password_file", &self.basic_auth_password_file),
+            (
+                "alerts.basic_auth_password_file",
+                &self.basic_auth_password_file,
+            ),
             ("alerts.bearer_token_file", &self.bearer_token_file),
         ] {
             if let Some(f) = f
@@ -192,6 +194,20 @@ impl AlertsConfig {
                 ));
             }
         }
+        if self.enabled() {
+            // Parses the CA file and reads the secrets now, so a bad file
+            // stops the agent at start (exit 64), not at the first alert.
+            use super::ClientError as E;
+            super::HttpClient::new(self).map_err(|e| match &e {
+                E::CaFile(p, why) => invalid("alerts.ca_file", p.display(), why.clone()),
+                E::Secret(p, err) => invalid(
+                    "alerts.bearer_token_file/basic_auth_password_file",
+                    p.display(),
+                    format!("cannot read it ({err})"),
+                ),
+                other => invalid("alerts", "TLS", other.to_string()),
+            })?;
+        }
         Ok(())
     }
 }
@@ -202,6 +218,23 @@ mod tests {
 
     fn parse(s: &str) -> AlertsConfig {
         toml::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn a_ca_file_that_is_not_pem_is_refused_at_start() {
+        let f = std::env::temp_dir().join(format!("tg-not-a-ca-{}", std::process::id()));
+        std::fs::write(&f, "hello").unwrap();
+        let c = AlertsConfig {
+            urls: vec!["https://am:9093".into()],
+            ca_file: Some(f.clone()),
+            ..AlertsConfig::default()
+        };
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("alerts.ca_file") && e.contains("no certificates"),
+            "{e}"
+        );
+        std::fs::remove_file(f).unwrap();
     }
 
     #[test]
@@ -222,7 +255,10 @@ mod tests {
                 "backoff_min = \"2m\"\nbackoff_max = \"1m\"",
                 "alerts.backoff_min",
             ),
-            ("dashboard_base_url = \"grafana\"", "alerts.dashboard_base_url"),
+            (
+                "dashboard_base_url = \"grafana\"",
+                "alerts.dashboard_base_url",
+            ),
             ("ca_file = \"/nonexistent/ca.pem\"", "alerts.ca_file"),
             (
                 "basic_auth_username = \"u\"\nbearer_token_file = \"/etc/hostname\"\nbasic_auth_password_file = \"/etc/hostname\"",

@@ -66,7 +66,12 @@ impl Target {
     /// needs the latest state once it is back). Resolutions always queue.
     pub fn enqueue(&self, p: &Pending) {
         let mut q = self.queue.lock().expect("queue lock");
-        if p.firing && q.iter().filter(|x| x.key == p.key).last().is_some_and(|x| x.firing) {
+        if p.firing
+            && q.iter()
+                .filter(|x| x.key == p.key)
+                .last()
+                .is_some_and(|x| x.firing)
+        {
             return;
         }
         match q.push(p.clone()) {
@@ -172,7 +177,10 @@ impl HttpClient {
         let uri = format!("{}/api/v2/alerts", base.trim_end_matches('/'));
         let mut req = hyper::Request::post(&uri)
             .header("content-type", "application/json")
-            .header("user-agent", concat!("tollgate/", env!("CARGO_PKG_VERSION")));
+            .header(
+                "user-agent",
+                concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+            );
         if let Some(a) = &self.auth {
             req = req.header("authorization", a);
         }
@@ -220,10 +228,7 @@ pub async fn run_target(t: Arc<Target>, http: HttpClient, cfg: AlertsConfig) {
             let batch = q.peek(BATCH);
             let seqs: Vec<u64> = batch.iter().map(|(s, _)| *s).collect();
             let alerts: Vec<&super::PostableAlert> = batch.iter().map(|(_, p)| &p.alert).collect();
-            (
-                seqs,
-                serde_json::to_vec(&alerts).expect("alerts serialize"),
-            )
+            (seqs, serde_json::to_vec(&alerts).expect("alerts serialize"))
         };
         if seqs.is_empty() {
             // Woken by enqueue; the timeout is only a safety net.
@@ -250,7 +255,12 @@ pub async fn run_target(t: Arc<Target>, http: HttpClient, cfg: AlertsConfig) {
                 true
             }
             Ok((s, answer)) => {
-                fail(&t, &cfg, &mut last_warn, &format!("HTTP {s}: {}", answer.trim()));
+                fail(
+                    &t,
+                    &cfg,
+                    &mut last_warn,
+                    &format!("HTTP {s}: {}", answer.trim()),
+                );
                 false
             }
             Err(e) => {

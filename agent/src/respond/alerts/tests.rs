@@ -58,7 +58,13 @@ fn finding(pod: &str, state: FindingState) -> Finding {
 }
 
 fn queued(a: &Alerter, i: usize) -> Vec<Pending> {
-    a.targets()[i].queue.lock().unwrap().iter().cloned().collect()
+    a.targets()[i]
+        .queue
+        .lock()
+        .unwrap()
+        .iter()
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -100,7 +106,10 @@ fn labels_and_annotations() {
     assert_eq!(al.ends_at, None);
     let json = serde_json::to_value(&al).unwrap();
     assert!(json.get("startsAt").is_some() && json.get("generatorURL").is_some());
-    assert!(json.get("endsAt").is_none(), "firing alerts carry no endsAt");
+    assert!(
+        json.get("endsAt").is_none(),
+        "firing alerts carry no endsAt"
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -111,13 +120,20 @@ fn hostile_pod_names_stay_one_label_each() {
     let hostile = format!("a\"b\\c\nd}}{{&x=1 {}", "é".repeat(400));
     let al = a.alert(&finding(&hostile, FindingState::Firing));
     let pod = &al.labels["pod"];
-    assert!(pod.len() <= crate::metrics::MAX_LABEL_LEN, "cut: {}", pod.len());
+    assert!(
+        pod.len() <= crate::metrics::MAX_LABEL_LEN,
+        "cut: {}",
+        pod.len()
+    );
     assert!(pod.starts_with("a\"b\\c\nd}{&x=1 é"));
     // JSON round trip keeps it exactly; the URL escapes it.
     let back: PostableAlert = serde_json::from_str(&serde_json::to_string(&al).unwrap()).unwrap();
     assert_eq!(&back.labels["pod"], pod);
     let url = &al.annotations["dashboard_url"];
-    assert!(url.contains("var-pod=a%22b%5Cc%0Ad%7D%7B%26x%3D1%20%C3%A9"), "{url}");
+    assert!(
+        url.contains("var-pod=a%22b%5Cc%0Ad%7D%7B%26x%3D1%20%C3%A9"),
+        "{url}"
+    );
     assert!(!url.contains(' ') && !url.contains('\n'));
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -158,9 +174,16 @@ fn fire_update_resend_resolve_to_every_url() {
     let q = queued(&a, 0);
     assert_eq!(q.len(), 2);
     assert!(!q[1].firing);
-    assert_eq!(q[1].alert.ends_at.as_deref(), Some("2027-01-15T08:01:00.000Z"));
+    assert_eq!(
+        q[1].alert.ends_at.as_deref(),
+        Some("2027-01-15T08:01:00.000Z")
+    );
     assert_eq!(q[1].alert.labels, q[0].alert.labels);
-    assert_eq!(queued(&a, 1).len(), 2, "URL 1 (nothing delivered): fire, resolve");
+    assert_eq!(
+        queued(&a, 1).len(),
+        2,
+        "URL 1 (nothing delivered): fire, resolve"
+    );
     assert_eq!(a.firing().count(), 0);
     std::fs::remove_dir_all(&d).unwrap();
 }
@@ -178,7 +201,10 @@ fn severity_change_resolves_the_old_label_set() {
         .iter()
         .map(|p| (p.firing, p.alert.labels["severity"].as_str()))
         .collect();
-    assert_eq!(states, [(true, "high"), (false, "high"), (true, "critical")]);
+    assert_eq!(
+        states,
+        [(true, "high"), (false, "high"), (true, "critical")]
+    );
     std::fs::remove_dir_all(&d).unwrap();
 }
 
@@ -194,7 +220,11 @@ fn firing_set_and_queue_survive_a_restart() {
     }
     let mut a = Alerter::open(&cfg(), &d, "n").unwrap();
     assert_eq!(a.firing().count(), 2);
-    assert_eq!(queued(&a, 0).len(), 2, "undelivered alerts are still queued");
+    assert_eq!(
+        queued(&a, 0).len(),
+        2,
+        "undelivered alerts are still queued"
+    );
     // A restarted agent resolves what it remembers as firing.
     a.on_finding(&finding("p", FindingState::Resolved));
     assert_eq!(a.firing().count(), 1);
