@@ -104,6 +104,20 @@ impl Proc {
             let _ = c.wait();
         }
     }
+
+    /// SIGTERM (by pid), so the server saves its state; SIGKILL if it has
+    /// not exited within 10 s.
+    fn terminate(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = cmd::wait_until("server exit", Duration::from_secs(10), || {
+                matches!(c.try_wait(), Ok(Some(_)))
+            });
+        }
+        self.stop();
+    }
 }
 
 impl Drop for Proc {
@@ -277,9 +291,10 @@ impl Alertmanager {
         }
     }
 
-    /// Kills it (SIGKILL, by pid).
+    /// Stops it (SIGTERM, by pid: it saves its notification log, so a
+    /// resolution after the restart is notified like before).
     pub fn stop(&mut self) {
-        self.proc.stop();
+        self.proc.terminate();
     }
 
     pub fn url(&self) -> String {

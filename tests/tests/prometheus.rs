@@ -206,6 +206,15 @@ fn every_dashboard_and_rule_query_returns_data() {
     );
     eprintln!("drill-down pod: namespace={namespace} pod={pod} class={class}");
 
+    // Prometheus must have seen the findings counter at 0 before the
+    // quarantine, or increase() has nothing to compare with.
+    let t = Instant::now();
+    wait_until("Prometheus scraping the agent", WAIT, || {
+        prom.query("count_over_time(tollgate_findings_total{severity=\"high\", detector=\"response.quarantine\"}[1m]) >= 2")
+            .is_ok_and(|v| non_empty(&v))
+    })
+    .unwrap_or_else(|e| panic!("{e}; prometheus log:\n{}", prom.log()));
+    eprintln!("first scrapes took {:.1} s", t.elapsed().as_secs_f64());
     // Traffic for a while, so rates have several scrapes; then quarantine
     // pod 0's unit and let it knock on the door.
     let started = Instant::now();
@@ -294,7 +303,12 @@ fn every_dashboard_and_rule_query_returns_data() {
     ] {
         assert!(
             full.iter().any(|n| n == must),
-            "{must} fires in this scenario: {full:?}"
+            "{must} fires in this scenario: {full:?}; findings: {}; increase: {}; info: {}",
+            prom.query("tollgate_findings_total{detector=\"response.quarantine\"}")
+                .unwrap(),
+            prom.query("increase(tollgate_findings_total{detector=\"response.quarantine\"}[10m])")
+                .unwrap(),
+            prom.query("tollgate_agent_info").unwrap(),
         );
     }
 
