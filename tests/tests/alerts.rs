@@ -246,6 +246,7 @@ fn alert_survives_alertmanager_outage_and_agent_restart() {
     let addr = servers::agent_metrics_addr(&agent).unwrap();
     let cg = TestCgroup::new("outage").expect("cgroup");
     let rel = cg.rel_path();
+    let quarantined_at = Instant::now();
     tg(
         pins.path(),
         &state,
@@ -270,11 +271,16 @@ fn alert_survives_alertmanager_outage_and_agent_restart() {
         .lines()
         .filter(|l| l.contains("cannot deliver alerts to Alertmanager"))
         .collect();
+    // At most one warning per resend interval (3 s), however many retries.
+    let failures = metric("tollgate_alert_delivery_failures_total").unwrap();
+    let allowed = 1 + quarantined_at.elapsed().as_secs() as usize / 3;
     assert!(
-        warns.len() == 1
+        !warns.is_empty()
+            && warns.len() <= allowed
+            && (warns.len() as f64) < failures
             && warns[0].contains(&am.url())
             && warns[0].contains("check that Alertmanager runs"),
-        "one warning per resend interval, with URL and fix: {warns:#?}"
+        "one warning per resend interval ({allowed} allowed, {failures} failures), with URL and fix: {warns:#?}"
     );
     let queue_files = || -> usize {
         std::fs::read_dir(state.join("alerts"))

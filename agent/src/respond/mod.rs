@@ -31,6 +31,9 @@ use crate::{
 
 /// Every responder the agent runs, fed from one place in the run loop.
 pub struct Responders {
+    /// Firing findings by key: updates are logged at debug, starts and
+    /// resolutions at info.
+    logged: std::collections::HashSet<(crate::detect::Detector, u64)>,
     alerter: Option<Alerter>,
     findings: FindingMetrics,
     quarantine: QuarantineFeed,
@@ -57,6 +60,7 @@ impl Responders {
             .registry_mut()
             .register_collector(Box::new(quarantine.collector(node.to_owned())));
         Ok(Self {
+            logged: Default::default(),
             alerter,
             findings,
             quarantine,
@@ -80,14 +84,22 @@ impl Responders {
 
 impl Responder for Responders {
     fn on_finding(&mut self, f: &Finding) {
-        tracing::info!(
-            detector = %f.detector,
-            severity = %f.severity,
-            state = ?f.state,
-            target = %f.target(),
-            summary = %f.summary,
-            "finding"
-        );
+        let news = match f.state {
+            crate::detect::FindingState::Firing => self.logged.insert(f.key()),
+            crate::detect::FindingState::Resolved => self.logged.remove(&f.key()),
+        };
+        if news {
+            tracing::info!(
+                detector = %f.detector,
+                severity = %f.severity,
+                state = ?f.state,
+                target = %f.target(),
+                summary = %f.summary,
+                "finding"
+            );
+        } else {
+            tracing::debug!(detector = %f.detector, target = %f.target(), summary = %f.summary, "finding updated");
+        }
         self.findings.on_finding(f);
         if let Some(a) = self.alerter.as_mut() {
             a.on_finding(f);
