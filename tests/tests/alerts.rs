@@ -7,14 +7,11 @@
 //! once it is back.
 #![forbid(unsafe_code)]
 
-use std::{
-    path::Path,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::time::Instant;
 
 use tollgate_tests::{
-    agent::{Agent, TestPinDir, tollgate_bin, top_until},
+    agent::{Agent, TestPinDir, top_until},
+    alerting::{NODE, WAIT, config, send_from as send, state_dir, tg, wait_alert},
     cgroup::TestCgroup,
     cmd::wait_until,
     http::{self, Webhook},
@@ -23,86 +20,9 @@ use tollgate_tests::{
 };
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_tg-traffic");
-const WAIT: Duration = Duration::from_secs(60);
-const NODE: &str = "tg-alerts-node";
 
-fn tg(pins: &Path, state: &Path, args: &[&str]) -> String {
-    let out = Command::new(tollgate_bin())
-        .args(args)
-        .arg("--pin-dir")
-        .arg(pins)
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .expect("tollgate runs");
-    assert!(
-        out.status.success(),
-        "tollgate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn config(state: &Path, urls: &[String]) -> String {
-    let urls: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
-    format!(
-        "[agent]\ntick = \"200ms\"\nstate_dir = \"{}\"\n[inventory]\nmode = \"standalone\"\n[alerts]\nurls = [{}]\nresend_interval = \"3s\"\nbackoff_min = \"100ms\"\nbackoff_max = \"1s\"\ndashboard_base_url = \"http://grafana.test:3000\"\n",
-        state.display(),
-        urls.join(", ")
-    )
-}
-
-/// One UDP datagram from inside the cgroup (so the agent sees it and
-/// resolves its identity); Ok when it was sent.
 fn send_from(cg: &TestCgroup) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "echo $$ > {}/cgroup.procs && exec {TRAFFIC} udp-send --to 127.0.0.1:9 --count 1 --size 10",
-            cg.path().display()
-        ))
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-/// Alerts (with their notification status) in the webhook's notifications
-/// that are about `pod`.
-fn alerts_for(hook: &Webhook, pod: &str) -> Vec<(Instant, serde_json::Value)> {
-    let mut v = Vec::new();
-    for r in hook.received() {
-        for a in r.body["alerts"].as_array().into_iter().flatten() {
-            if a["labels"]["pod"] == pod {
-                v.push((r.at, a.clone()));
-            }
-        }
-    }
-    v
-}
-
-/// Waits for an alert about `pod` with `status` at the webhook; returns
-/// when it arrived and the alert.
-fn wait_alert(hook: &Webhook, pod: &str, status: &str) -> (Instant, serde_json::Value) {
-    let mut found = None;
-    let _ = wait_until(
-        &format!("{status} alert for {pod} at the webhook"),
-        WAIT,
-        || {
-            found = alerts_for(hook, pod)
-                .into_iter()
-                .find(|(_, a)| a["status"] == status);
-            found.is_some()
-        },
-    );
-    found.unwrap_or_else(|| {
-        panic!(
-            "no {status} alert for {pod}; webhook got {:#?}",
-            hook.received()
-        )
-    })
-}
-
-fn state_dir() -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("tg-state-{}", tollgate_tests::unique_suffix()))
+    send(cg, TRAFFIC)
 }
 
 #[test]
@@ -341,83 +261,4 @@ fn alert_survives_alertmanager_outage_and_agent_restart() {
     drop(agent2);
     drop(agent);
     let _ = std::fs::remove_dir_all(&state);
-}
-
-/// A CA, and a server certificate for 127.0.0.1 signed by it (openssl).
-fn make_certs(dir: &Path) {
-    let sh = format!(
-        "set -e; cd {d}; \
-         openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=tollgate-test-ca 2>/dev/null; \
-         openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout srv.key -out srv.csr -subj /CN=127.0.0.1 2>/dev/null; \
-         printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' > ext; \
-         openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext 2>/dev/null",
-        d = dir.display()
-    );
-    let out = Command::new("sh").args(["-c", &sh]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "openssl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Alertmanager behind TLS (a private CA) and basic auth: the agent trusts
-/// the CA from `alerts.ca_file` and authenticates; with a wrong password
-/// the 401 is counted as rejected and logged, not retried forever.
-#[test]
-fn alerts_over_tls_with_basic_auth() {
-    privileged!("prometheus-alertmanager", "openssl");
-    let dir = state_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    make_certs(&dir);
-    let hook = Webhook::start().unwrap();
-    // bcrypt of "test" (the example in Prometheus's web configuration docs).
-    let web = format!(
-        "tls_server_config:\n  cert_file: {d}/srv.pem\n  key_file: {d}/srv.key\nbasic_auth_users:\n  tollgate: $2b$12$hNf2lSsxfm0.i4a.1kVpSOVyBCfIB51VRjgBUyv6kdnyTlgWj81Ay\n",
-        d = dir.display()
-    );
-    let am = Alertmanager::start_with_web_config(&hook.url(), Some(&web)).expect("alertmanager");
-    assert!(am.url().starts_with("https://"));
-    std::fs::write(dir.join("good"), "test\n").unwrap();
-    std::fs::write(dir.join("bad"), "nope\n").unwrap();
-    let pins = TestPinDir::new().expect("pin dir");
-    let state = dir.join("state");
-    let auth = |pw: &str| {
-        format!(
-            "{}ca_file = \"{d}/ca.pem\"\nbasic_auth_username = \"tollgate\"\nbasic_auth_password_file = \"{d}/{pw}\"\n",
-            config(&state, &[am.url()]),
-            d = dir.display()
-        )
-    };
-    let mut agent = Agent::start_with_env(pins.path(), &auth("bad"), &[("NODE_NAME", NODE)])
-        .expect("agent starts");
-    let addr = servers::agent_metrics_addr(&agent).unwrap();
-    let cg = TestCgroup::new("tls").expect("cgroup");
-    let rel = cg.rel_path();
-    tg(
-        pins.path(),
-        &state,
-        &["quarantine", "--cgroup", &rel, "--reason", "tls test"],
-    );
-    let metric = |name: &str| {
-        let m = http::get(&addr, "/metrics").unwrap_or_default();
-        servers::sample(&m, &format!("{name}{{alertmanager=\"{}\"}}", am.url()))
-    };
-    wait_until("the 401 counted as rejected", WAIT, || {
-        metric("tollgate_alert_rejected_total").is_some_and(|v| v >= 1.0)
-    })
-    .expect("rejected");
-    assert_eq!(metric("tollgate_alert_deliveries_total"), Some(0.0));
-    assert!(
-        agent.log().contains("status=401"),
-        "the rejection is logged with the status"
-    );
-    // The right password: the next re-send (3 s) gets through.
-    agent.kill9();
-    let _agent2 = Agent::start_with_env(pins.path(), &auth("good"), &[("NODE_NAME", NODE)])
-        .expect("agent restarts");
-    let (_, a) = wait_alert(&hook, &rel, "firing");
-    assert_eq!(a["labels"]["alertname"], "TollgateQuarantined");
-    drop(agent);
-    let _ = std::fs::remove_dir_all(&dir);
 }
