@@ -12,6 +12,7 @@ pub mod demo;
 pub mod detect;
 #[allow(unsafe_code)]
 pub mod ebpf;
+pub mod health;
 pub mod inventory;
 pub mod metrics;
 pub mod quarantine;

@@ -339,6 +339,14 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Registers another subsystem's metrics (before the server starts):
+    /// each subsystem owns its metrics (alerts, findings, quarantine, health).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+}
+
 async fn metrics(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     match m.encode() {
         Ok(body) => (

@@ -41,6 +41,8 @@ pub enum RunError {
     Classes(#[from] ClassError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error(transparent)]
+    Alerts(#[from] crate::respond::alerts::ClientError),
 }
 
 /// Options of `tollgate run` beyond the config file.
@@ -67,8 +69,13 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         cfg.inventory.grace,
         Classifier::new(&cfg.classes)?,
     );
+    let mut health = crate::health::Health {
+        node: node_name(),
+        ..Default::default()
+    };
     let kubernetes = match start_kubernetes(&cfg).await {
         Ok(Some(cluster)) => {
+            health.cluster = Some(cluster.clone());
             inventory.set_cluster(cluster);
             true
         }
@@ -122,7 +129,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
         .map_err(|e| RunError::Metrics(metrics_addr, e))?;
-    let metrics = Arc::new(Metrics::new(
+    let mut metrics = Metrics::new(
         rx.clone(),
         node_name(),
         cfg.metrics.max_series,
@@ -130,7 +137,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             cgroup_stats: cfg.maps.cgroup_stats_entries,
             flows: cfg.maps.flow_entries,
         },
-    ));
+    );
+    metrics
+        .registry_mut()
+        .register_collector(Box::new(health.clone()));
+    // Held for the agent's lifetime: statistics stay on while it runs.
+    let _program_stats = health.enable_program_stats(cfg.metrics.program_stats);
+    let mut responders = crate::respond::Responders::start(&cfg, &mut metrics, &node_name())?;
+    let metrics = Arc::new(metrics);
     tracing::info!(addr = %listener.local_addr().unwrap_or(metrics_addr), "serving /metrics");
     let mut metrics_server = tokio::spawn(metrics::serve(listener, metrics.clone()));
     let (mut detection, findings_rx) = if cfg.detect.enabled {
@@ -165,6 +179,14 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                 match res {
                     Ok(snap) => {
                         metrics.observe_tick(started.elapsed(), snap.cgroups.len());
+                        if health.stats_enabled() {
+                            *health.programs.lock().expect("lock") = dp.program_stats();
+                        }
+                        responders.tick(
+                            quarantine.as_ref().map(|q| q.records()),
+                            &snap,
+                            std::time::SystemTime::now(),
+                        );
                         tracing::debug!(
                             cgroups = snap.cgroups.len(),
                             events = snap.events.len(),
@@ -172,7 +194,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                             "tick"
                         );
                         if let Some(d) = detection.as_mut() {
-                            d.tick(&snap);
+                            for f in d.tick(&snap) {
+                                crate::respond::Responder::on_finding(&mut responders, &f);
+                            }
                         }
                         tx.send_replace(Some(Arc::new(snap)));
                     }

@@ -12,14 +12,17 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod alerting;
 pub mod cgroup;
 pub mod cmd;
+pub mod http;
 pub mod kube_api;
 pub mod netns;
 pub mod nft;
 pub mod pod;
 pub mod privileged;
 pub mod progrun;
+pub mod servers;
 pub mod storage;
 pub mod top;
 pub mod topology;

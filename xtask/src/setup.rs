@@ -28,13 +28,30 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "storage tests and bench (a FUSE mount as watched storage)",
     ),
     ("fuse3", "fusermount3 for the bindfs mounts"),
+    (
+        "openssl",
+        "tests: a private CA for the Alertmanager TLS test",
+    ),
+    (
+        "prometheus",
+        "tests: scrapes the agent and evaluates every dashboard and rule query",
+    ),
+    (
+        "prometheus-alertmanager",
+        "tests: receives the agent's alerts and delivers them to a test webhook",
+    ),
 ];
+
+/// Services the packages above install and start; tests run their own
+/// instances on loopback, so these are stopped and disabled.
+const SERVICES_OFF: &[&str] = &["prometheus", "prometheus-alertmanager"];
 
 /// LLVM the bpf-linker feature below links against; must match APT_PACKAGES.
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
 pub fn run() -> Result<()> {
     apt()?;
+    services_off();
     rust_src()?;
     bpf_linker()?;
     eprintln!("setup: done");
@@ -63,6 +80,18 @@ fn apt() -> Result<()> {
             .args(["install", "-y", "--no-install-recommends"])
             .args(&missing),
     )
+}
+
+/// Stops and disables the packaged Prometheus/Alertmanager services (when
+/// systemd runs): they would hold ports 9090/9093 and scrape nothing useful.
+fn services_off() {
+    if !std::path::Path::new("/run/systemd/system").exists() {
+        return;
+    }
+    for svc in SERVICES_OFF {
+        let _ = cmd::probe(Command::new("systemctl").args(["disable", "--now", svc]));
+        eprintln!("setup: service {svc}: stopped and disabled (tests run their own)");
+    }
 }
 
 fn rust_src() -> Result<()> {

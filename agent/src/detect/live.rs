@@ -16,7 +16,7 @@ use super::{DetectConfig, Engine, Finding, FindingState};
 use crate::{
     baseline::{Baselines, StoreError, store},
     collect::{Snapshot, Windower, windower::subject_of},
-    respond::{LogResponder, Responder},
+    respond::Responder,
 };
 
 /// Resolved findings kept for `GET /v1/findings` after they end.
@@ -30,6 +30,8 @@ pub struct Live {
     windower: Windower,
     engine: Engine,
     responders: Vec<Box<dyn Responder>>,
+    /// Findings emitted during the current tick, returned by [`Live::tick`].
+    emitted: Vec<Finding>,
     state_dir: PathBuf,
     save_interval: Duration,
     last_save: Instant,
@@ -81,7 +83,8 @@ impl Live {
         let live = Self {
             windower: Windower::new(cfg.window, Some(cgroup_mount), cidrs),
             engine,
-            responders: vec![Box::new(LogResponder::default())],
+            responders: Vec::new(),
+            emitted: Vec::new(),
             state_dir: state_dir.to_owned(),
             save_interval: cfg.save_interval,
             last_save: Instant::now(),
@@ -104,6 +107,7 @@ impl Live {
         for r in &mut self.responders {
             r.on_finding(&f);
         }
+        self.emitted.push(f.clone());
         if f.state == FindingState::Resolved {
             if self.resolved.len() == RECENT_RESOLVED {
                 self.resolved.pop_front();
@@ -113,7 +117,9 @@ impl Live {
     }
 
     /// One collection pass: stratum hits at once, windows when one closes.
-    pub fn tick(&mut self, snap: &Snapshot) {
+    /// Returns the findings emitted (new, updated, resolved) for the
+    /// agent's responders.
+    pub fn tick(&mut self, snap: &Snapshot) -> Vec<Finding> {
         let mut changed = false;
         for hit in &snap.stratum_hits {
             let subject = match snap.cgroups.iter().find(|r| r.cgroup_id == hit.cgroup_id) {
@@ -150,6 +156,7 @@ impl Live {
         if self.last_save.elapsed() >= self.save_interval {
             self.save();
         }
+        std::mem::take(&mut self.emitted)
     }
 
     /// Writes the baselines (errors are logged; the next save retries).

@@ -1103,3 +1103,44 @@ impl QuarantineMaps {
             .map_err(map_err(map::QUARANTINE_GATE))
     }
 }
+
+/// Kernel run statistics of one loaded program (`bpf_prog_info`
+/// run_time_ns / run_cnt; they only advance while BPF statistics are on).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgStat {
+    pub name: String,
+    pub run_time: std::time::Duration,
+    pub run_count: u64,
+}
+
+impl Dataplane {
+    /// Run statistics of every program this agent loaded (unloaded ones,
+    /// such as the bench baseline, are skipped).
+    pub fn program_stats(&self) -> Vec<ProgStat> {
+        let mut v: Vec<ProgStat> = self
+            .ebpf
+            .programs()
+            .filter_map(|(name, p)| {
+                let info = p.info().ok()?;
+                Some(ProgStat {
+                    name: name.to_owned(),
+                    run_time: info.run_time(),
+                    run_count: info.run_count(),
+                })
+            })
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+}
+
+/// Turns on the kernel's BPF run-time statistics for as long as the
+/// returned descriptor lives (BPF_ENABLE_STATS, kernel 5.8), without
+/// touching the `kernel.bpf_stats_enabled` sysctl.
+pub fn enable_program_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| DataplaneError::Io {
+        what: "BPF_ENABLE_STATS (needs kernel 5.8 and CAP_SYS_ADMIN; or set metrics.program_stats = false)",
+        path: PathBuf::from("bpf(2)"),
+        source: io::Error::other(e.to_string()),
+    })
+}
