@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod caps;
 pub mod cgroupfs;
 pub mod check;
 pub mod collect;

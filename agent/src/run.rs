@@ -41,6 +41,8 @@ pub enum RunError {
     Classes(#[from] ClassError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error(transparent)]
+    Caps(#[from] crate::caps::CapsError),
 }
 
 /// Options of `tollgate run` beyond the config file.
@@ -50,6 +52,7 @@ pub struct RunOptions {
 }
 
 pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
+    crate::caps::check()?;
     let mount = cgroupfs::cgroup2_mount()?;
     let pins = PinDir::new(&cfg.agent.pin_dir);
     let mut dp = Dataplane::load(&LoadOptions {

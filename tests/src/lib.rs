@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod caps;
 pub mod cgroup;
 pub mod cmd;
 pub mod kube_api;
