@@ -15,6 +15,7 @@ pub mod agent;
 pub mod caps;
 pub mod cgroup;
 pub mod cmd;
+pub mod deploy;
 pub mod kube_api;
 pub mod netns;
 pub mod nft;

@@ -1,177 +1,25 @@
-//! The deployment artifacts, checked offline: the kustomize base in deploy/
+//! The Kubernetes manifests, checked offline: the kustomize base in deploy/
 //! rendered with `kubectl kustomize` and every document parsed as its
 //! Kubernetes type (k8s-openapi), the least-privilege settings of the
-//! DaemonSet and the RBAC rules pinned, the ConfigMap's config validated by
-//! the agent binary, the Dockerfile linted with hadolint and the systemd
-//! unit verified with `systemd-analyze verify`. No API server can run here,
-//! so nothing is applied to a cluster; the capabilities themselves are
-//! proven by capabilities.rs.
+//! DaemonSet and the RBAC rules pinned, and the ConfigMap's config validated
+//! by the agent binary. No API server can run here, so nothing is applied
+//! to a cluster; packaging.rs checks the image and the systemd unit, and
+//! capabilities.rs and container.rs prove the privileges suffice.
 #![forbid(unsafe_code)]
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::{collections::BTreeSet, path::Path, process::Command};
 
 use k8s_openapi::api::{
-    apps::v1::DaemonSet,
-    core::v1::{ConfigMap, Container, Namespace, PodSpec, Service, ServiceAccount},
+    core::v1::{ConfigMap, Namespace, Service, ServiceAccount},
     rbac::v1::{ClusterRole, ClusterRoleBinding},
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::Value;
-use tollgate_tests::{agent::tollgate_bin, cmd::which, privileged::skip};
+use tollgate_tests::{
+    agent::tollgate_bin,
+    deploy::{Rendered, one, repo, run, typed},
+};
 
 const NAMESPACE: &str = "tollgate-system";
-/// Where `cargo xtask setup` installs hadolint (xtask/src/setup.rs).
-const HADOLINT_VENV_BIN: &str = "/opt/tollgate-tools/hadolint/bin/hadolint";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
-
-/// `tool` on PATH, or a skip (a failure under TOLLGATE_REQUIRE_PRIVILEGED=1).
-fn tool(name: &str) -> Option<PathBuf> {
-    which(name).or_else(|| {
-        skip(&format!(
-            "needs {name} (install it with `cargo xtask setup`)"
-        ));
-        None
-    })
-}
-
-fn run(mut c: Command) -> std::process::Output {
-    let what = format!("{c:?}");
-    c.output().unwrap_or_else(|e| panic!("running {what}: {e}"))
-}
-
-/// The rendered base, one JSON value per document.
-fn render(kubectl: &Path) -> Vec<Value> {
-    let mut c = Command::new(kubectl);
-    c.arg("kustomize").arg(repo().join("deploy"));
-    let out = run(c);
-    assert!(
-        out.status.success(),
-        "kubectl kustomize deploy failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).expect("UTF-8 YAML");
-    serde_saphyr::from_multiple::<Value>(&text).expect("rendered YAML parses")
-}
-
-/// The one document of `kind`.
-fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    let found: Vec<&Value> = docs.iter().filter(|d| d["kind"] == kind).collect();
-    assert_eq!(found.len(), 1, "exactly one {kind}");
-    found[0]
-}
-
-/// Parses `v` as `T` and requires the typed object to serialize back to the
-/// same document: a misspelled or misplaced field (which serde would skip)
-/// fails here instead of being dropped by the API server.
-fn typed<T: serde::de::DeserializeOwned + serde::Serialize>(v: &Value) -> T {
-    let t: T = serde_json::from_value(v.clone())
-        .unwrap_or_else(|e| panic!("{} does not parse: {e}", v["kind"]));
-    let back = serde_json::to_value(&t).expect("serializes");
-    if let Some(at) = first_difference(v, &back, "") {
-        panic!(
-            "{} {}: a field its Kubernetes type does not know (misspelled or misplaced?)",
-            v["kind"], at
-        );
-    }
-    t
-}
-
-/// JSON pointer of the first place where `a` and `b` differ.
-fn first_difference(a: &Value, b: &Value, at: &str) -> Option<String> {
-    match (a, b) {
-        (Value::Object(x), Value::Object(y)) => {
-            x.keys()
-                .chain(y.keys())
-                .find_map(|k| match (x.get(k), y.get(k)) {
-                    (Some(p), Some(q)) => first_difference(p, q, &format!("{at}/{k}")),
-                    _ => Some(format!("{at}/{k}")),
-                })
-        }
-        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
-            .iter()
-            .zip(y)
-            .enumerate()
-            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}/{i}"))),
-        _ => (a != b).then(|| at.to_string()),
-    }
-}
-
-struct Rendered {
-    docs: Vec<Value>,
-    ds: DaemonSet,
-}
-
-impl Rendered {
-    fn get() -> Option<Rendered> {
-        let kubectl = tool("kubectl")?;
-        let docs = render(&kubectl);
-        let ds = typed(one(&docs, "DaemonSet"));
-        Some(Rendered { docs, ds })
-    }
-
-    fn pod(&self) -> &PodSpec {
-        let spec = self.ds.spec.as_ref().expect("spec");
-        spec.template.spec.as_ref().expect("pod spec")
-    }
-
-    fn agent(&self) -> &Container {
-        let c = &self.pod().containers;
-        assert_eq!(c.len(), 1, "one container");
-        &c[0]
-    }
-
-    /// hostPath volumes: name -> host path.
-    fn host_paths(&self) -> BTreeMap<String, String> {
-        self.pod()
-            .volumes
-            .iter()
-            .flatten()
-            .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
-            .collect()
-    }
-
-    /// Mount path -> (volume name, read-only).
-    fn mounts(&self) -> BTreeMap<String, (String, bool)> {
-        self.agent()
-            .volume_mounts
-            .iter()
-            .flatten()
-            .map(|m| {
-                (
-                    m.mount_path.clone(),
-                    (m.name.clone(), m.read_only.unwrap_or(false)),
-                )
-            })
-            .collect()
-    }
-
-    /// The host path mounted at the container path that holds `path`.
-    fn host_path_of(&self, path: &Path) -> Option<String> {
-        let hp = self.host_paths();
-        self.mounts()
-            .into_iter()
-            .filter(|(mp, _)| path.starts_with(mp))
-            .max_by_key(|(mp, _)| mp.len())
-            .and_then(|(_, (vol, _))| hp.get(&vol).cloned())
-    }
-
-    fn config_toml(&self) -> String {
-        let cm: ConfigMap = typed(one(&self.docs, "ConfigMap"));
-        cm.data
-            .and_then(|d| d.get("config.toml").cloned())
-            .expect("ConfigMap has config.toml")
-    }
-}
 
 #[test]
 fn manifests_render_and_parse_as_kubernetes_objects() {
@@ -486,120 +334,4 @@ fn configmap_config_is_complete_and_validates_with_the_agent() {
             path.display()
         );
     }
-}
-
-#[test]
-fn dockerfile_lints_clean_and_matches_the_toolchain() {
-    let Some(hadolint) = which("hadolint")
-        .or_else(|| Some(PathBuf::from(HADOLINT_VENV_BIN)).filter(|p| p.is_file()))
-        .or_else(|| tool("hadolint"))
-    else {
-        return;
-    };
-    let dockerfile = repo().join("deploy/Dockerfile");
-    let mut c = Command::new(&hadolint);
-    c.args(["--failure-threshold", "style"]).arg(&dockerfile);
-    let out = run(c);
-    assert!(
-        out.status.success(),
-        "hadolint: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = std::fs::read_to_string(&dockerfile).expect("Dockerfile");
-    let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
-    assert_eq!(froms.len(), 2, "build and final stage: {froms:?}");
-    let manifest: toml::Table = std::fs::read_to_string(repo().join("Cargo.toml"))
-        .expect("Cargo.toml")
-        .parse()
-        .expect("Cargo.toml parses");
-    let msrv = manifest["workspace"]["package"]["rust-version"]
-        .as_str()
-        .expect("workspace rust-version");
-    assert!(
-        froms[0].starts_with(&format!("FROM rust:{msrv}-")),
-        "build stage on the workspace's rust-version {msrv}: {}",
-        froms[0]
-    );
-    assert!(froms[1].contains("distroless/cc"), "{}", froms[1]);
-    // The final stage copies the binary and nothing else.
-    let copies: Vec<&str> = text
-        .lines()
-        .skip_while(|l| *l != froms[1])
-        .filter(|l| l.starts_with("COPY"))
-        .collect();
-    assert_eq!(
-        copies,
-        ["COPY --from=build /out/tollgate /usr/bin/tollgate"]
-    );
-    // The nightly the image builds the eBPF programs with is the one the
-    // tests here ran with.
-    let out = run({
-        let mut c = Command::new("rustup");
-        c.args(["run", "nightly", "rustc", "--version"]);
-        c
-    });
-    let version = String::from_utf8_lossy(&out.stdout);
-    let date = version
-        .trim()
-        .trim_end_matches(')')
-        .rsplit(' ')
-        .next()
-        .expect("rustc version date")
-        .to_string();
-    assert!(
-        text.contains(&format!("ARG NIGHTLY=nightly-{date}\n")),
-        "deploy/Dockerfile pins nightly-{date} (rustc +nightly: {version})"
-    );
-    let ignore = std::fs::read_to_string(repo().join(".dockerignore")).expect(".dockerignore");
-    assert!(ignore.lines().any(|l| l == "target/"));
-}
-
-#[test]
-fn systemd_unit_verifies_with_the_agents_capabilities() {
-    let Some(analyze) = tool("systemd-analyze") else {
-        return;
-    };
-    let unit =
-        std::fs::read_to_string(repo().join("deploy/systemd/tollgate.service")).expect("unit file");
-    let directive = |name: &str| -> Vec<String> {
-        unit.lines()
-            .filter_map(|l| l.strip_prefix(&format!("{name}=")))
-            .map(str::to_string)
-            .collect()
-    };
-    let required: BTreeSet<&str> = tollgate::caps::REQUIRED.iter().map(|(_, n)| *n).collect();
-    for name in ["CapabilityBoundingSet", "AmbientCapabilities"] {
-        let v = directive(name);
-        assert_eq!(v.len(), 1, "{name} once");
-        let got: BTreeSet<&str> = v[0].split_whitespace().collect();
-        assert_eq!(got, required, "{name}");
-    }
-    assert_eq!(directive("NoNewPrivileges"), ["yes"]);
-    assert_eq!(directive("ProtectSystem"), ["strict"]);
-    assert_eq!(directive("StateDirectory"), ["tollgate"]);
-    assert_eq!(directive("ReadWritePaths"), ["/sys/fs/bpf"]);
-    let exec = directive("ExecStart");
-    assert_eq!(exec.len(), 1);
-    assert!(exec[0].starts_with("/usr/local/bin/tollgate run "));
-
-    // systemd-analyze verify checks that ExecStart exists: point it at the
-    // binary under test in a copy.
-    let dir =
-        std::env::temp_dir().join(format!("tollgate-unit-{}", tollgate_tests::unique_suffix()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let copy = dir.join("tollgate.service");
-    let bin = tollgate_bin();
-    std::fs::write(
-        &copy,
-        unit.replace("/usr/local/bin/tollgate", &bin.display().to_string()),
-    )
-    .expect("write unit");
-    let mut c = Command::new(analyze);
-    c.arg("verify").arg(&copy);
-    let out = run(c);
-    let err = String::from_utf8_lossy(&out.stderr);
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(out.status.success(), "systemd-analyze verify: {err}");
-    assert!(!err.contains("tollgate.service"), "warnings: {err}");
 }
