@@ -27,10 +27,12 @@ pub fn last_cap() -> Result<u32> {
         .map_err(|e| Error::Invalid(format!("{path}: {text:?}: {e}")))
 }
 
-/// `capsh --drop=<every capability but keep> --shell=<program> --`: capsh
-/// shrinks the bounding set and execs `program` with the arguments that
-/// follow. A root process's permitted and effective sets after exec are its
-/// bounding set, so `program` runs as root holding exactly `keep`.
+/// `capsh --drop=<every capability but keep> --no-new-privs
+/// --shell=<program> --`: capsh shrinks the bounding set, sets
+/// no_new_privs (the DaemonSet's `allowPrivilegeEscalation: false`, the
+/// unit's `NoNewPrivileges=yes`) and execs `program` with the arguments
+/// that follow. A root process's permitted and effective sets after exec
+/// are its bounding set, so `program` runs as root holding exactly `keep`.
 pub fn capsh_wrapper(keep: &[u32], program: &Path) -> Result<Vec<String>> {
     let drop: Vec<String> = (0..=last_cap()?)
         .filter(|c| !keep.contains(c))
@@ -39,6 +41,7 @@ pub fn capsh_wrapper(keep: &[u32], program: &Path) -> Result<Vec<String>> {
     Ok(vec![
         "capsh".into(),
         format!("--drop={}", drop.join(",")),
+        "--no-new-privs".into(),
         format!("--shell={}", program.display()),
         "--".into(),
     ])
@@ -72,6 +75,7 @@ mod tests {
         let drop = w[1].strip_prefix("--drop=").unwrap();
         assert!(drop.split(',').any(|c| c == "21"), "drops CAP_SYS_ADMIN");
         assert!(!drop.split(',').any(|c| c == "12" || c == "39"));
-        assert_eq!(w[2], "--shell=/bin/true");
+        assert_eq!(w[2], "--no-new-privs");
+        assert_eq!(w[3], "--shell=/bin/true");
     }
 }

@@ -128,7 +128,11 @@ fn agent_with_only_its_capabilities_counts_exactly_and_quarantines() {
     let agent = Agent::start_wrapped(pins.path(), &config, &[], &wrapper)
         .expect("agent starts with 3 caps");
 
-    // The process holds exactly the three, in every set that matters.
+    // The process holds exactly the three, in every set that matters, with
+    // no_new_privs set.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", agent.pid())).expect("agent status");
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
     let m = caps::mask(&keep);
     assert_eq!(
         caps::of_pid(agent.pid()).expect("caps of the agent"),

@@ -43,7 +43,7 @@ mount -t cgroup2 none "$TG_CG"
 mount --bind "$TG_T/hostcg" "$TG_CG"
 mount -o remount,bind,ro "$TG_CG"
 mount -t proc proc /proc
-exec capsh --drop="$TG_DROP" --shell="$TG_BIN" -- "$@"
+exec capsh --drop="$TG_DROP" --no-new-privs --shell="$TG_BIN" -- "$@"
 "#;
 
 /// Moves itself into the container's cgroup, then unshares: the cgroup
@@ -64,7 +64,7 @@ fn agent_in_a_daemonset_like_container_counts_host_pods() {
     std::fs::write(t.join("inner.sh"), INNER).expect("inner.sh");
     let cg = v2_mount().expect("cgroup v2 mount");
     let keep = caps::agent_caps();
-    // capsh_wrapper gives ["capsh", "--drop=..", "--shell=..", "--"]; the
+    // capsh_wrapper gives ["capsh", "--drop=..", ...]; the
     // drop list is what the inner script needs.
     let w = caps::capsh_wrapper(&keep, &tollgate_bin()).expect("capsh");
     let drop_list = w[1].strip_prefix("--drop=").expect("drop list").to_string();
