@@ -4,6 +4,7 @@
 pub mod api;
 pub mod baseline;
 pub mod bench;
+pub mod caps;
 pub mod cgroupfs;
 pub mod check;
 pub mod collect;

@@ -193,6 +193,11 @@ enum Cmd {
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         attack_for: Duration,
     },
+    /// Configuration file commands (`config check`).
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
 }
 
 #[derive(Subcommand)]
@@ -210,6 +215,18 @@ enum BaselineCmd {
         #[command(flatten)]
         common: Common,
         file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Parse and validate a config file without touching the kernel: exits
+    /// 0 when valid, 64 naming the key and the fix otherwise. Used on the
+    /// Kubernetes ConfigMap (deploy/config.toml) before it ships.
+    Check {
+        /// Config file (TOML); must exist, even at the default path.
+        #[arg(long, env = "TOLLGATE_CONFIG", default_value = tollgate::config::DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
     },
 }
 
@@ -468,6 +485,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Config {
+            cmd: ConfigCmd::Check { config },
+        } => match Config::load(&config) {
+            Ok(_) => {
+                println!("{}: valid", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
     }
 }
 

