@@ -43,6 +43,7 @@ pub enum RunError {
     Kube(#[from] KubeError),
     #[error(transparent)]
     Alerts(#[from] crate::respond::alerts::ClientError),
+    #[error(transparent)]
     Caps(#[from] crate::caps::CapsError),
 }
 
