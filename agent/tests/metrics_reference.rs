@@ -59,6 +59,8 @@ fn exposition() -> String {
         events: vec![],
         counters: BTreeMap::from([("ringbuf_drops".into(), 0), ("flows_live".into(), 1)]),
         storage: Default::default(),
+        dns_samples: vec![],
+        stratum_hits: vec![],
     };
     let (_tx, rx) = watch::channel(Some(Arc::new(snap)));
     let mut m = Metrics::new(
