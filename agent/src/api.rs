@@ -14,7 +14,7 @@ use std::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio::sync::watch;
 
-use crate::collect::Snapshot;
+use crate::{collect::Snapshot, detect::live::FindingsRx};
 
 /// Default socket for a pin directory: one agent per pin directory, so
 /// tests and benchmarks with their own pins get their own socket.
@@ -36,8 +36,25 @@ async fn snapshot(State(rx): State<Shared>) -> impl IntoResponse {
     }
 }
 
-/// Serves the local API until the task is dropped.
+/// Serves the local API until the task is dropped (without findings:
+/// `/v1/findings` answers an empty list).
 pub async fn serve(socket: PathBuf, rx: Shared) -> std::io::Result<()> {
+    let (_tx, findings) = watch::channel(Arc::new(Vec::new()));
+    serve_with_findings(socket, rx, findings).await
+}
+
+async fn findings(State(rx): State<FindingsRx>) -> impl IntoResponse {
+    let list = rx.borrow().clone();
+    (StatusCode::OK, axum::Json(list)).into_response()
+}
+
+/// Serves the local API, `GET /v1/findings` included (firing findings,
+/// then recently resolved ones), until the task is dropped.
+pub async fn serve_with_findings(
+    socket: PathBuf,
+    rx: Shared,
+    findings_rx: FindingsRx,
+) -> std::io::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -47,7 +64,12 @@ pub async fn serve(socket: PathBuf, rx: Shared) -> std::io::Result<()> {
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))?;
     let app = Router::new()
         .route("/v1/snapshot", get(snapshot))
-        .with_state(rx);
+        .with_state(rx)
+        .merge(
+            Router::new()
+                .route("/v1/findings", get(findings))
+                .with_state(findings_rx),
+        );
     axum::serve(listener, app).await
 }
 
@@ -63,11 +85,21 @@ pub enum ClientError {
 
 /// Fetches the agent's latest snapshot (a one-shot HTTP/1.0 GET).
 pub fn fetch_snapshot(socket: &Path) -> Result<Snapshot, ClientError> {
+    fetch_json(socket, "/v1/snapshot")
+}
+
+/// Fetches the agent's findings.
+pub fn fetch_findings(socket: &Path) -> Result<Vec<crate::detect::Finding>, ClientError> {
+    fetch_json(socket, "/v1/findings")
+}
+
+/// GET `path` from the agent and decode its JSON body.
+fn fetch_json<T: serde::de::DeserializeOwned>(socket: &Path, path: &str) -> Result<T, ClientError> {
     let io = |e| ClientError::Connect(socket.to_owned(), e);
     let mut s = UnixStream::connect(socket).map_err(io)?;
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .map_err(io)?;
-    s.write_all(b"GET /v1/snapshot HTTP/1.0\r\nHost: tollgate\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: tollgate\r\n\r\n").as_bytes())
         .map_err(io)?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(io)?;

@@ -40,6 +40,8 @@ pub enum ConfigError {
     },
     #[error(transparent)]
     Classes(#[from] ClassError),
+    #[error(transparent)]
+    Detect(#[from] crate::detect::DetectConfigError),
 }
 
 /// The whole configuration file.
@@ -53,6 +55,7 @@ pub struct Config {
     pub storage: StorageConfig,
     pub inventory: InventoryConfig,
     pub classes: ClassConfig,
+    pub detect: crate::detect::DetectConfig,
 }
 
 /// `[storage]`: per-pod bytes written to and read from shared file
@@ -408,6 +411,7 @@ impl Config {
             });
         }
         Classifier::new(&self.classes)?;
+        self.detect.validate()?;
         Ok(())
     }
 

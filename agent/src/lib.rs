@@ -2,6 +2,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod baseline;
 pub mod bench;
 pub mod cgroupfs;
 pub mod check;
@@ -13,6 +14,7 @@ pub mod ebpf;
 pub mod inventory;
 pub mod metrics;
 pub mod quarantine;
+pub mod respond;
 pub mod run;
 pub mod storage;
 pub mod top;

@@ -131,6 +131,64 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// Move per-class baselines between nodes (`<state_dir>/baselines.json`).
+    Baseline {
+        #[command(subcommand)]
+        cmd: BaselineCmd,
+    },
+    /// Run recorded windows (JSON lines) through baselines and detectors;
+    /// prints findings as JSON lines, a summary on stderr.
+    Replay {
+        #[command(flatten)]
+        common: Common,
+        /// Recorded windows, one JSON WindowSample per line.
+        #[arg(long)]
+        windows: PathBuf,
+        /// Start from the baselines in DIR/baselines.json (if present) and
+        /// write the learned baselines back there at the end.
+        #[arg(long)]
+        baselines: Option<PathBuf>,
+    },
+    /// Write synthetic recorded windows (JSON lines) to stdout: benign
+    /// training, pipeline, notebook and service pods, with attacks.
+    Synth {
+        /// Length of the recording.
+        #[arg(long, default_value = "6h", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        window: Duration,
+        #[arg(long, default_value_t = 3)]
+        pods_per_class: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Inject an attack into the first pod of its default class (repeatable).
+        #[arg(long, value_enum)]
+        attack: Vec<tollgate::detect::synth::AttackKind>,
+        /// When the attacks start, from the start of the recording.
+        #[arg(long, default_value = "4h", value_parser = humantime::parse_duration)]
+        attack_at: Duration,
+        /// How long they last.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        attack_for: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum BaselineCmd {
+    /// Verify the node's baselines and copy them to FILE.
+    Export {
+        #[command(flatten)]
+        common: Common,
+        file: PathBuf,
+    },
+    /// Verify FILE (format, version, checksum) and merge it into the
+    /// node's baselines: classes in FILE replace the node's classes of the
+    /// same name, other classes are kept. Stop the agent first.
+    Import {
+        #[command(flatten)]
+        common: Common,
+        file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -332,6 +390,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        cmd @ (Cmd::Baseline { .. } | Cmd::Replay { .. } | Cmd::Synth { .. }) => detect_cmd(cmd),
         Cmd::Detach { common } => {
             let cfg = match load_config(&common) {
                 Ok(c) => c,
@@ -349,6 +408,96 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `baseline`, `replay` and `synth`.
+fn detect_cmd(cmd: Cmd) -> ExitCode {
+    use tollgate::{baseline::store, detect::replay};
+    match cmd {
+        Cmd::Baseline {
+            cmd: BaselineCmd::Export { common, file },
+        } => {
+            let cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match store::export(&cfg.agent.state_dir, &file) {
+                Ok(n) => {
+                    eprintln!("exported {n} class baseline(s) to {}", file.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Baseline {
+            cmd: BaselineCmd::Import { common, file },
+        } => {
+            let cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            print_json(store::import(&cfg.agent.state_dir, &file))
+        }
+        Cmd::Replay {
+            common,
+            windows,
+            baselines,
+        } => {
+            let cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match replay::replay_file(&cfg.detect, &windows, baselines.as_deref()) {
+                Ok(summary) => {
+                    eprintln!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tollgate: {}", chain(&e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Synth {
+            duration,
+            window,
+            pods_per_class,
+            seed,
+            attack,
+            attack_at,
+            attack_for,
+        } => {
+            use tollgate::detect::synth;
+            let spec = synth::Spec {
+                window,
+                duration,
+                pods_per_class,
+                seed,
+                attacks: attack
+                    .into_iter()
+                    .map(|kind| synth::Attack {
+                        kind,
+                        class: kind.default_class().into(),
+                        at: attack_at,
+                        duration: attack_for,
+                    })
+                    .collect(),
+                ..synth::Spec::default()
+            };
+            let out = std::io::BufWriter::new(std::io::stdout().lock());
+            match replay::write_jsonl(out, &synth::generate(&spec)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tollgate: writing windows: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        _ => unreachable!("detect_cmd is only called for detection commands"),
     }
 }
 

@@ -133,7 +133,18 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     ));
     tracing::info!(addr = %listener.local_addr().unwrap_or(metrics_addr), "serving /metrics");
     let mut metrics_server = tokio::spawn(metrics::serve(listener, metrics.clone()));
-    let mut server = tokio::spawn(api::serve(socket.clone(), rx));
+    let (mut detection, findings_rx) = if cfg.detect.enabled {
+        let (live, frx) = crate::detect::live::Live::new(
+            &cfg.detect,
+            &cfg.agent.state_dir,
+            mount.clone(),
+            cfg.cidr_table(),
+        );
+        (Some(live), frx)
+    } else {
+        (None, tokio::sync::watch::channel(Arc::new(Vec::new())).1)
+    };
+    let mut server = tokio::spawn(api::serve_with_findings(socket.clone(), rx, findings_rx));
 
     let mut term =
         tokio::signal::unix::signal(SignalKind::terminate()).map_err(RunError::Signal)?;
@@ -160,6 +171,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                             took_us = started.elapsed().as_micros() as u64,
                             "tick"
                         );
+                        if let Some(d) = detection.as_mut() {
+                            d.tick(&snap);
+                        }
                         tx.send_replace(Some(Arc::new(snap)));
                     }
                     Err(e) => tracing::warn!(error = %e, "collection pass failed; retrying next tick"),
@@ -186,6 +200,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         }
     }
     tracing::info!("stopping; programs stay attached through their pinned links");
+    if let Some(d) = detection.as_mut() {
+        d.save();
+    }
     let _ = std::fs::remove_file(&socket);
     drop(dp);
     Ok(())

@@ -4,6 +4,7 @@
 mod signals;
 mod snapshot;
 mod window;
+pub mod windower;
 
 pub use signals::decode_name;
 pub use snapshot::{
@@ -11,6 +12,7 @@ pub use snapshot::{
     StorageSummary, StorageUse, StratumHit, WatchedMount,
 };
 pub use window::{Features, PeerWindow, WindowSample};
+pub use windower::Windower;
 
 use std::{
     collections::{HashMap, VecDeque},
