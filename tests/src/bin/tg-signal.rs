@@ -51,6 +51,10 @@ enum Cmd {
         qtype: u16,
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
+        /// With --count: PREFIX is replaced by LEN pseudo-random base32
+        /// characters per name (a tunnel's encoded payload).
+        #[arg(long, default_value_t = 0)]
+        random_len: usize,
     },
     /// Stratum v1 client: subscribe, authorize, then SHARES shares, one
     /// every INTERVAL_MS of busy CPU. With --no-wait it writes subscribe,
@@ -114,10 +118,25 @@ fn run(cmd: Cmd) -> Result<()> {
             suffix,
             qtype,
             interval_ms,
+            random_len,
         } => {
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            let mut label = |i: u64| -> String {
+                if random_len == 0 {
+                    return format!("{prefix}{i}");
+                }
+                (0..random_len.min(63))
+                    .map(|_| {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        b"abcdefghijklmnopqrstuvwxyz234567"[(x % 32) as usize] as char
+                    })
+                    .collect()
+            };
             let names = if count > 0 {
                 (0..count)
-                    .map(|i| format!("{prefix}{i}.{suffix}"))
+                    .map(|i| format!("{}.{suffix}", label(i)))
                     .collect()
             } else {
                 names
