@@ -18,8 +18,10 @@ pub use user::{addr_of, addr_to_key, dev_parts, kernel_dev, proto_name};
 /// Version of the layouts below. Pins live under
 /// `/sys/fs/bpf/tollgate/v{ABI_VERSION}` so an agent never reuses a map whose
 /// layout it does not know.
-/// 2: `CgroupStats` grew DNS and stratum counters (160 bytes).
-pub const ABI_VERSION: u32 = 2;
+/// (Kept at 1 while nothing has been released: pins of a build with other
+/// layouts are refused by the layout check with the fix, `tollgate
+/// detach`.)
+pub const ABI_VERSION: u32 = 1;
 
 /// Map names, as the kernel sees them (at most 15 bytes: BPF_OBJ_NAME_LEN).
 ///

@@ -5,6 +5,7 @@
 
 mod bench;
 mod cmd;
+mod eval;
 mod live;
 mod setup;
 
@@ -65,6 +66,20 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(bench::Bench),
+    /// Labelled benign and attack scenarios against the real agent (root):
+    /// detected or not, by which detector, time to detect; precision,
+    /// recall, false alerts per benign pod-hour.
+    Eval {
+        /// The short version (the one the test suite runs).
+        #[arg(long)]
+        short: bool,
+        /// Long-horizon replay of recorded windows instead of live pods.
+        #[arg(long)]
+        replay: bool,
+        /// Length of the detection phase, seconds.
+        #[arg(long, default_value_t = 40)]
+        detect_s: u64,
+    },
 }
 
 fn main() -> Result<ExitCode> {
@@ -86,6 +101,11 @@ fn main() -> Result<ExitCode> {
             run(&all)
         }
         Cmd::Bench(b) => bench::run(b).map(|()| ExitCode::SUCCESS),
+        Cmd::Eval {
+            short,
+            replay,
+            detect_s,
+        } => eval::run(short, replay, detect_s),
     }
 }
 

@@ -76,6 +76,8 @@ pub struct Collector {
     /// DNS samples whose name did not decode in userspace (should stay 0:
     /// the kernel checks the label walk).
     dns_garbled: u64,
+    recent_dns: VecDeque<DnsSample>,
+    recent_stratum: VecDeque<StratumHit>,
 }
 
 /// How often a full map is logged while it stays full.
@@ -172,6 +174,8 @@ impl Collector {
                 }
             },
             dns_garbled: 0,
+            recent_dns: VecDeque::new(),
+            recent_stratum: VecDeque::new(),
         })
     }
 
@@ -463,6 +467,8 @@ impl Collector {
                 status: self.storage_status.clone(),
                 mounts: watched,
             },
+            recent_dns_samples: self.recent_dns.iter().cloned().collect(),
+            recent_stratum_hits: self.recent_stratum.iter().cloned().collect(),
             dns_samples,
             stratum_hits,
         })
@@ -482,12 +488,24 @@ impl Collector {
                 None => self.dns_garbled += 1,
             }
         }
-        let hits = sig
+        let hits: Vec<StratumHit> = sig
             .drain_stratum(signals::MAX_EVENTS_PER_PASS)
             .iter()
             .map(StratumHit::from)
             .collect();
+        keep_recent(&mut self.recent_dns, &dns, RECENT_EVENTS);
+        keep_recent(&mut self.recent_stratum, &hits, RECENT_EVENTS);
         (dns, hits)
+    }
+}
+
+/// Appends `new` to `recent`, keeping the last `max`.
+fn keep_recent<T: Clone>(recent: &mut VecDeque<T>, new: &[T], max: usize) {
+    for x in new.iter().skip(new.len().saturating_sub(max)) {
+        if recent.len() == max {
+            recent.pop_front();
+        }
+        recent.push_back(x.clone());
     }
 }
 
