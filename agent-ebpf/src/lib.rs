@@ -18,6 +18,9 @@ pub use user::{addr_of, addr_to_key, dev_parts, kernel_dev, proto_name};
 /// Version of the layouts below. Pins live under
 /// `/sys/fs/bpf/tollgate/v{ABI_VERSION}` so an agent never reuses a map whose
 /// layout it does not know.
+/// (Kept at 1 while nothing has been released: pins of a build with other
+/// layouts are refused by the layout check with the fix, `tollgate
+/// detach`.)
 pub const ABI_VERSION: u32 = 1;
 
 /// Map names, as the kernel sees them (at most 15 bytes: BPF_OBJ_NAME_LEN).
@@ -35,6 +38,11 @@ pub const ABI_VERSION: u32 = 1;
 /// | `TG_ST_STATS` | PERCPU_HASH | [`StorageKey`] -> [`IoCount`] | sys_exit | collector (batch lookup) | 16384 | not counted, [`Counter::StorageStatsFull`] += 1 |
 /// | `TG_ST_DEVS` | HASH | kernel dev_t (u32, `major << 20 \| minor`) -> mountinfo mount id (u32) | agent (every tick, from mountinfo) | sys_enter; collector (names) | 4096 | agent logs the mounts it could not watch |
 /// | `TG_ST_MAGICS` | HASH | super block magic (u64) -> 1 (u32) | agent at start | sys_enter | 64 | fixed set (ceph, nfs) |
+/// | `TG_DNS_EVENTS` | RINGBUF | [`DnsEvent`] records (sampled query names) | cgroup_skb egress (port 53) | collector | 256 KiB | sample dropped, [`Counter::DnsSampleDrops`] and the cgroup's `dns_unsampled` += 1 |
+/// | `TG_DNS_RATE` | LRU_PERCPU_HASH | cgroup id (u64) -> [`DnsRate`] | cgroup_skb egress (port 53) | nobody | 16384 | least recently querying cgroup's window forgotten: it starts a fresh window |
+/// | `TG_STRATUM_EV` | RINGBUF | [`StratumEvent`] records | cgroup_skb egress (TCP stream starts) | collector | 64 KiB | event dropped, [`Counter::StratumEventDrops`] and the cgroup's `stratum_dropped` += 1 (the marker is still counted) |
+/// | `TG_JUMP` | PROG_ARRAY[2] | [`JUMP_DNS`], [`JUMP_STRATUM`] -> program | agent at load | cgroup_skb egress (tail call) | 2 | fixed. Pinned so the slots outlive the agent (the kernel empties a program array when its last user reference closes) |
+/// | `TG_SCRATCH` | PERCPU_ARRAY[1] | 0 -> [`Scratch`] | cgroup_skb egress (TCP stream starts) | nobody | 1 | fixed; not pinned |
 /// | `TG_ST_PENDING` | HASH | pid_tgid (u64) -> [`PendingIo`] | sys_enter (watched fds only) | sys_exit (lookup + delete) | 16384 (threads inside a watched read/write at once) | call not counted, [`Counter::StoragePendingFull`] += 1. A plain hash, not an LRU: the LRU's per-CPU free lists evict live entries under churn (measured: 0.5% of 100k tight-loop writes lost) |
 pub mod map {
     pub const CGROUP_STATS: &str = "TG_CG_STATS";
@@ -49,9 +57,13 @@ pub mod map {
     pub const STORAGE_PENDING: &str = "TG_ST_PENDING";
     pub const QUARANTINE: &str = "TG_QUARANTINE";
     pub const QUARANTINE_GATE: &str = "TG_QGATE";
+    pub const DNS_EVENTS: &str = "TG_DNS_EVENTS";
+    pub const DNS_RATE: &str = "TG_DNS_RATE";
+    pub const STRATUM_EVENTS: &str = "TG_STRATUM_EV";
+    pub const JUMP: &str = "TG_JUMP";
 
     /// Every map the agent pins, for pin management and `tollgate check`.
-    pub const ALL: [&str; 12] = [
+    pub const ALL: [&str; 16] = [
         CGROUP_STATS,
         FLOWS,
         CIDRS,
@@ -64,6 +76,10 @@ pub mod map {
         STORAGE_PENDING,
         QUARANTINE,
         QUARANTINE_GATE,
+        DNS_EVENTS,
+        DNS_RATE,
+        STRATUM_EVENTS,
+        JUMP,
     ];
 
     pub const DEFAULT_CGROUP_STATS_ENTRIES: u32 = 16384;
@@ -76,6 +92,9 @@ pub mod map {
     pub const DEFAULT_STORAGE_DEV_ENTRIES: u32 = 4096;
     pub const DEFAULT_STORAGE_MAGIC_ENTRIES: u32 = 64;
     pub const DEFAULT_STORAGE_PENDING_ENTRIES: u32 = 16384;
+    pub const DEFAULT_DNS_EVENTS_BYTES: u32 = 256 * 1024;
+    pub const DEFAULT_DNS_RATE_ENTRIES: u32 = 16384;
+    pub const DEFAULT_STRATUM_EVENTS_BYTES: u32 = 64 * 1024;
 }
 
 /// Program (function) names in the object file.
@@ -88,6 +107,12 @@ pub mod prog {
     pub const SENDMSG6: &str = "tg_sendmsg6";
     /// Benchmark baseline (one per-CPU array increment); never attached.
     pub const BENCH_BASELINE: &str = "tg_bench_baseline";
+    /// Tail-called by the egress program (slot [`crate::JUMP_DNS`]):
+    /// DNS query count and name sampling. Never attached.
+    pub const SKB_DNS: &str = "tg_skb_dns";
+    /// Tail-called by the egress program (slot [`crate::JUMP_STRATUM`]):
+    /// stratum marker search. Never attached.
+    pub const SKB_STRATUM: &str = "tg_skb_stratum";
     /// Raw tracepoint `sys_enter`: notes reads/writes on watched storage.
     pub const SYS_ENTER: &str = "tg_sys_enter";
     /// Raw tracepoint `sys_exit`: counts their results.
@@ -141,9 +166,24 @@ pub struct CgroupStats {
     pub quarantine_dropped: ByteCount,
     /// connect()/sendmsg() calls refused (EPERM) by quarantine.
     pub connects_denied: u64,
+    /// DNS queries sent: egress UDP or TCP packets to port 53 whose DNS
+    /// header is a standard query (QR 0, opcode 0, one question, no
+    /// answers). Every query is either sampled (a [`DnsEvent`]) or counted
+    /// in `dns_unsampled`.
+    pub dns_queries: u64,
+    /// Queries whose name was not sampled: over the rate limit, ring
+    /// buffer full, or a question name the kernel does not decode
+    /// (compression pointer, over-long, cut short).
+    pub dns_unsampled: u64,
+    /// Stratum JSON-RPC markers matched at the start of outbound TCP
+    /// streams (one per matching packet).
+    pub stratum_markers: u64,
+    /// Stratum events that did not fit in the ring buffer (the markers are
+    /// still counted above).
+    pub stratum_dropped: u64,
     pub _reserved: u64,
 }
-const _: () = assert!(core::mem::size_of::<CgroupStats>() == 128);
+const _: () = assert!(core::mem::size_of::<CgroupStats>() == 160);
 
 /// Value of `TG_QUARANTINE`: what is cut off for a cgroup and everything
 /// below it.
@@ -202,7 +242,11 @@ pub struct FlowStats {
     /// up in `TG_CIDRS` when the flow is created so later packets skip the
     /// trie; the agent rewrites it when the CIDRs change.
     pub scope: u32,
-    pub _pad: u32,
+    /// Egress packets since the cgroup last sent a TCP SYN to the peer
+    /// (or since the flow was created): limits the stratum check to the
+    /// start of a stream. Plain store, not atomic: an approximate count
+    /// is enough for a window.
+    pub tx_since_syn: u32,
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
 
@@ -275,10 +319,27 @@ pub enum Counter {
     StorageResolveFailed = 7,
     /// Reads/writes not counted because `TG_ST_PENDING` was full.
     StoragePendingFull = 8,
+    /// DNS queries sent (all cgroups).
+    DnsQueries = 9,
+    /// DNS query names not sampled because the cgroup was over its rate.
+    DnsSampleRateLimited = 10,
+    /// DNS samples that did not fit in `TG_DNS_EVENTS`.
+    DnsSampleDrops = 11,
+    /// DNS queries whose question name the kernel did not decode
+    /// (compression pointer, more than [`DNS_MAX_LABELS`] labels, longer
+    /// than [`DNS_NAME_MAX`], or cut short).
+    DnsNameUndecoded = 12,
+    /// Stratum markers matched (all cgroups).
+    StratumMarkers = 13,
+    /// Stratum events that did not fit in `TG_STRATUM_EV`.
+    StratumEventDrops = 14,
+    /// Packets that should have been inspected for DNS or stratum but
+    /// whose tail call failed (empty `TG_JUMP` slot): not inspected.
+    SignalJumpFailed = 15,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 9] = [
+    pub const ALL: [Counter; 16] = [
         Counter::RingbufDrops,
         Counter::FlowsCreated,
         Counter::FlowCreateFailed,
@@ -288,6 +349,13 @@ impl Counter {
         Counter::StorageStatsFull,
         Counter::StorageResolveFailed,
         Counter::StoragePendingFull,
+        Counter::DnsQueries,
+        Counter::DnsSampleRateLimited,
+        Counter::DnsSampleDrops,
+        Counter::DnsNameUndecoded,
+        Counter::StratumMarkers,
+        Counter::StratumEventDrops,
+        Counter::SignalJumpFailed,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -301,6 +369,13 @@ impl Counter {
             Counter::StorageStatsFull => "storage_stats_full",
             Counter::StorageResolveFailed => "storage_resolve_failed",
             Counter::StoragePendingFull => "storage_pending_full",
+            Counter::DnsQueries => "dns_queries",
+            Counter::DnsSampleRateLimited => "dns_sample_rate_limited",
+            Counter::DnsSampleDrops => "dns_sample_drops",
+            Counter::DnsNameUndecoded => "dns_name_undecoded",
+            Counter::StratumMarkers => "stratum_markers",
+            Counter::StratumEventDrops => "stratum_event_drops",
+            Counter::SignalJumpFailed => "signal_jump_failed",
         }
     }
 }
@@ -446,3 +521,142 @@ pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
     ]
 }
+
+/// Slots of `TG_JUMP`. The DNS and stratum inspections run as separate
+/// programs: each is verified once from a clean state, instead of once
+/// per path through the accounting code (which exceeds the verifier's
+/// budget).
+pub const JUMP_DNS: u32 = 0;
+pub const JUMP_STRATUM: u32 = 1;
+pub const JUMP_SLOTS: u32 = 2;
+
+/// Longest question name the kernel copies: a DNS name is at most 255
+/// bytes on the wire (RFC 1035 3.1).
+pub const DNS_NAME_MAX: usize = 255;
+/// Most labels walked in a question name (255 bytes hold at most 127
+/// one-byte labels and the root).
+pub const DNS_MAX_LABELS: usize = 128;
+
+/// Record of `TG_DNS_EVENTS`: one sampled DNS query.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub cgroup_id: u64,
+    /// CLOCK_MONOTONIC_COARSE nanoseconds.
+    pub ts_ns: u64,
+    /// Query type (1 A, 28 AAAA, 16 TXT, ...).
+    pub qtype: u16,
+    /// Bytes of `name` in use: the wire-format name including the final
+    /// zero-length label (2..=[`DNS_NAME_MAX`]).
+    pub name_len: u16,
+    pub _pad: u32,
+    /// The question name in wire format (length-prefixed labels), as
+    /// sent; the kernel checked the label walk ends inside `name_len`.
+    pub name: [u8; 256],
+}
+const _: () = assert!(core::mem::size_of::<DnsEvent>() == 280);
+
+impl Default for DnsEvent {
+    fn default() -> Self {
+        Self {
+            cgroup_id: 0,
+            ts_ns: 0,
+            qtype: 0,
+            name_len: 0,
+            _pad: 0,
+            name: [0; 256],
+        }
+    }
+}
+
+/// Value of `TG_DNS_RATE`: one cgroup's sampling window on one CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsRate {
+    /// Start of the current one-second window (coarse ns).
+    pub window_ns: u64,
+    /// Samples taken in the window.
+    pub taken: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<DnsRate>() == 16);
+
+/// Load-time settings of the signal programs, set by the agent as the
+/// read-only global [`SIGNAL_CONFIG_SYMBOL`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SignalConfig {
+    /// DNS query names sampled per cgroup per CPU per second; 0 samples
+    /// none (queries are still counted).
+    pub dns_samples_per_sec: u32,
+    /// Egress packets at the start of a TCP stream (since the SYN) whose
+    /// payload prefix is checked for stratum markers.
+    pub stratum_packets: u32,
+}
+const _: () = assert!(core::mem::size_of::<SignalConfig>() == 8);
+
+/// Defaults of [`SignalConfig`], also the values in the object.
+pub const DEFAULT_DNS_SAMPLES_PER_SEC: u32 = 50;
+pub const DEFAULT_STRATUM_PACKETS: u32 = 8;
+
+impl Default for SignalConfig {
+    fn default() -> Self {
+        Self {
+            dns_samples_per_sec: DEFAULT_DNS_SAMPLES_PER_SEC,
+            stratum_packets: DEFAULT_STRATUM_PACKETS,
+        }
+    }
+}
+
+/// Symbol of the [`SignalConfig`] global in the object.
+pub const SIGNAL_CONFIG_SYMBOL: &str = "TG_SIGCFG";
+
+/// Bytes of TCP payload searched for a stratum marker.
+pub const STRATUM_PREFIX: usize = 256;
+
+/// Stratum JSON-RPC methods matched, as [`StratumEvent::marker`].
+pub const STRATUM_SUBSCRIBE: u8 = 1;
+pub const STRATUM_AUTHORIZE: u8 = 2;
+pub const STRATUM_SUBMIT: u8 = 3;
+/// xmrig/Monero-style `"method": "login"`.
+pub const STRATUM_LOGIN: u8 = 4;
+
+/// Name of a stratum marker id.
+pub const fn stratum_marker_name(marker: u8) -> &'static str {
+    match marker {
+        STRATUM_SUBSCRIBE => "mining.subscribe",
+        STRATUM_AUTHORIZE => "mining.authorize",
+        STRATUM_SUBMIT => "mining.submit",
+        STRATUM_LOGIN => "login",
+        _ => "unknown",
+    }
+}
+
+/// Record of `TG_STRATUM_EV`: a stratum marker at the start of an
+/// outbound TCP stream.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StratumEvent {
+    pub cgroup_id: u64,
+    /// CLOCK_MONOTONIC_COARSE nanoseconds.
+    pub ts_ns: u64,
+    /// The peer (pool), IPv4-mapped for IPv4.
+    pub addr: [u8; 16],
+    /// Peer port, host byte order.
+    pub port: u16,
+    pub family: u8,
+    /// [`STRATUM_SUBSCRIBE`], ...
+    pub marker: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<StratumEvent>() == 40);
+
+/// Value of `TG_SCRATCH`: the payload prefix under inspection, with room
+/// past [`STRATUM_PREFIX`] so fixed-size compares near the end stay
+/// inside the value.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scratch {
+    pub buf: [u8; STRATUM_PREFIX + 32],
+}
+const _: () = assert!(core::mem::size_of::<Scratch>() == 288);

@@ -6,8 +6,9 @@ use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
-    ByteCount, CgroupStats, CidrInfo, ConnEvent, FAMILY_V4, FlowStats, IoCount, KernelOffsets,
-    LpmAddr, PeerKey, PendingIo, QuarantineEntry, ScopeCounts, StorageKey,
+    ByteCount, CgroupStats, CidrInfo, ConnEvent, DnsEvent, DnsRate, FAMILY_V4, FlowStats, IoCount,
+    KernelOffsets, LpmAddr, PeerKey, PendingIo, QuarantineEntry, ScopeCounts, Scratch,
+    SignalConfig, StorageKey, StratumEvent,
 };
 
 macro_rules! pod {
@@ -31,7 +32,12 @@ pod!(
     StorageKey,
     IoCount,
     PendingIo,
-    KernelOffsets
+    KernelOffsets,
+    DnsEvent,
+    DnsRate,
+    StratumEvent,
+    SignalConfig,
+    Scratch
 );
 
 impl core::ops::AddAssign for IoCount {
@@ -136,5 +142,22 @@ impl core::ops::AddAssign for CgroupStats {
         self.events_dropped = self.events_dropped.wrapping_add(o.events_dropped);
         self.quarantine_dropped += o.quarantine_dropped;
         self.connects_denied = self.connects_denied.wrapping_add(o.connects_denied);
+        self.dns_queries = self.dns_queries.wrapping_add(o.dns_queries);
+        self.dns_unsampled = self.dns_unsampled.wrapping_add(o.dns_unsampled);
+        self.stratum_markers = self.stratum_markers.wrapping_add(o.stratum_markers);
+        self.stratum_dropped = self.stratum_dropped.wrapping_add(o.stratum_dropped);
+    }
+}
+
+impl StratumEvent {
+    pub fn ip(&self) -> IpAddr {
+        addr_of(self.family, self.addr)
+    }
+}
+
+impl DnsEvent {
+    /// The wire-format name (length-prefixed labels) as sent.
+    pub fn wire_name(&self) -> &[u8] {
+        &self.name[..(self.name_len as usize).min(self.name.len())]
     }
 }

@@ -197,6 +197,21 @@ pub struct MapConfig {
     pub conn_seen_entries: u32,
     /// Connection event ring buffer in bytes (power of two, >= 4096).
     pub conn_events_bytes: u32,
+    /// Sampled DNS query name ring buffer in bytes (power of two, >=
+    /// 4096; one sample takes 288 bytes).
+    pub dns_events_bytes: u32,
+    /// Cgroups whose DNS sampling window is remembered (per CPU); a
+    /// forgotten cgroup starts a fresh window.
+    pub dns_rate_entries: u32,
+    /// DNS query names sampled per cgroup per CPU per second (0 to 100000;
+    /// 0 samples none). Every query is counted either way; queries over
+    /// the rate are counted as unsampled.
+    pub dns_samples_per_sec: u32,
+    /// Stratum event ring buffer in bytes (power of two, >= 4096).
+    pub stratum_events_bytes: u32,
+    /// Egress packets at the start of each TCP stream (since its SYN)
+    /// whose payload is checked for stratum markers (1 to 64).
+    pub stratum_packets: u32,
 }
 
 impl Default for MapConfig {
@@ -207,6 +222,56 @@ impl Default for MapConfig {
             flow_entries: DEFAULT_FLOW_ENTRIES,
             conn_seen_entries: DEFAULT_CONN_SEEN_ENTRIES,
             conn_events_bytes: DEFAULT_CONN_EVENTS_BYTES,
+            dns_events_bytes: DEFAULT_DNS_EVENTS_BYTES,
+            dns_rate_entries: DEFAULT_DNS_RATE_ENTRIES,
+            dns_samples_per_sec: tollgate_ebpf::DEFAULT_DNS_SAMPLES_PER_SEC,
+            stratum_events_bytes: DEFAULT_STRATUM_EVENTS_BYTES,
+            stratum_packets: tollgate_ebpf::DEFAULT_STRATUM_PACKETS,
+        }
+    }
+}
+
+impl MapConfig {
+    /// Checks the DNS and stratum keys.
+    fn validate_signals(&self) -> Result<(), ConfigError> {
+        for (key, rb) in [
+            ("maps.dns_events_bytes", self.dns_events_bytes),
+            ("maps.stratum_events_bytes", self.stratum_events_bytes),
+        ] {
+            if rb < 4096 || !rb.is_power_of_two() || rb > 1 << 30 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: rb.to_string(),
+                    why: "must be a power of two between 4096 and 1073741824".into(),
+                });
+            }
+        }
+        for (key, v, min, max) in [
+            ("maps.dns_rate_entries", self.dns_rate_entries, 64, 1 << 20),
+            (
+                "maps.dns_samples_per_sec",
+                self.dns_samples_per_sec,
+                0,
+                100_000,
+            ),
+            ("maps.stratum_packets", self.stratum_packets, 1, 64),
+        ] {
+            if v < min || v > max {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: v.to_string(),
+                    why: format!("must be between {min} and {max}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The load-time settings of the DNS and stratum programs.
+    pub fn signal_config(&self) -> tollgate_ebpf::SignalConfig {
+        tollgate_ebpf::SignalConfig {
+            dns_samples_per_sec: self.dns_samples_per_sec,
+            stratum_packets: self.stratum_packets,
         }
     }
 }
@@ -323,6 +388,7 @@ impl Config {
                 why: "must be a power of two between 4096 and 1073741824".into(),
             });
         }
+        self.maps.validate_signals()?;
         let cidrs = self.network.internal_cidrs.len()
             + self.network.external_cidrs.len()
             + ALWAYS_INTERNAL.len();

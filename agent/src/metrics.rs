@@ -406,6 +406,8 @@ mod tests {
             storage: Default::default(),
             dns_samples: vec![],
             stratum_hits: vec![],
+            recent_dns_samples: vec![],
+            recent_stratum_hits: vec![],
         }
     }
 

@@ -19,6 +19,7 @@ pub mod netns;
 pub mod nft;
 pub mod pod;
 pub mod privileged;
+pub mod progrun;
 pub mod storage;
 pub mod top;
 pub mod topology;

@@ -18,6 +18,29 @@ pub struct Top {
     pub events: Vec<Event>,
     pub counters: Counters,
     pub storage: StorageSummary,
+    pub recent_dns_samples: Vec<DnsSample>,
+    pub recent_stratum_hits: Vec<StratumHit>,
+}
+
+/// A DNS query name sampled by the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct DnsSample {
+    pub cgroup_id: u64,
+    pub name: String,
+    pub qtype: u16,
+    pub ts_ns: u64,
+}
+
+/// A stratum marker at the start of an outbound TCP stream.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct StratumHit {
+    pub cgroup_id: u64,
+    pub addr: String,
+    pub port: u16,
+    pub marker: String,
+    pub ts_ns: u64,
 }
 
 /// Storage accounting status and the watched mounts.
@@ -122,6 +145,8 @@ pub struct CgroupRow {
     pub class: Option<String>,
     /// Removed cgroup whose last counts are still reported.
     pub gone: bool,
+    pub dns_queries: u64,
+    pub stratum_markers: u64,
 }
 
 impl CgroupRow {

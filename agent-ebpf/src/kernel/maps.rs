@@ -5,11 +5,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use tollgate_ebpf::{
-    COUNTER_SLOTS, CgroupStats, CidrInfo, FlowStats, IoCount, LpmAddr, PeerKey, PendingIo,
-    QuarantineEntry, StorageKey,
+    COUNTER_SLOTS, CgroupStats, CidrInfo, DnsRate, FlowStats, IoCount, LpmAddr, PeerKey, PendingIo,
+    QuarantineEntry, Scratch, StorageKey,
     map::DEFAULT_QUARANTINE_ENTRIES,
     map::{
         DEFAULT_CGROUP_STATS_ENTRIES, DEFAULT_CIDR_ENTRIES, DEFAULT_CONN_EVENTS_BYTES,
@@ -17,6 +17,7 @@ use tollgate_ebpf::{
         DEFAULT_STORAGE_MAGIC_ENTRIES, DEFAULT_STORAGE_PENDING_ENTRIES,
         DEFAULT_STORAGE_STATS_ENTRIES,
     },
+    map::{DEFAULT_DNS_EVENTS_BYTES, DEFAULT_DNS_RATE_ENTRIES, DEFAULT_STRATUM_EVENTS_BYTES},
 };
 
 #[map(name = "TG_CG_STATS")]
@@ -62,3 +63,22 @@ pub static QUARANTINE: aya_ebpf::maps::HashMap<u64, QuarantineEntry> =
 
 #[map(name = "TG_QGATE")]
 pub static QGATE: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::pinned(1, 0);
+
+#[map(name = "TG_JUMP")]
+pub static JUMP: aya_ebpf::maps::ProgramArray =
+    aya_ebpf::maps::ProgramArray::pinned(tollgate_ebpf::JUMP_SLOTS, 0);
+
+#[map(name = "TG_DNS_EVENTS")]
+pub static DNS_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_DNS_EVENTS_BYTES, 0);
+
+#[map(name = "TG_DNS_RATE")]
+pub static DNS_RATE: LruPerCpuHashMap<u64, DnsRate> =
+    LruPerCpuHashMap::pinned(DEFAULT_DNS_RATE_ENTRIES, 0);
+
+#[map(name = "TG_STRATUM_EV")]
+pub static STRATUM_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_STRATUM_EVENTS_BYTES, 0);
+
+/// Per-CPU scratch for the stratum check's payload prefix (too large for
+/// the BPF stack). Not pinned: nothing outside one program run reads it.
+#[map(name = "TG_SCRATCH")]
+pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -1,12 +1,15 @@
 //! Everything that runs in the kernel.
 
+mod dns;
 mod maps;
 mod packet;
 mod quarantine;
+mod signals;
 mod skb;
 mod sock_addr;
 mod stats;
 mod storage;
+mod stratum;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -12,8 +12,8 @@ const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
 
 const IPPROTO_HOPOPTS: u8 = 0;
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 const IPPROTO_ROUTING: u8 = 43;
 const IPPROTO_FRAGMENT: u8 = 44;
 const IPPROTO_AH: u8 = 51;
@@ -44,6 +44,55 @@ pub fn load<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Result<[u8; N
     ctx.load::<[u8; N]>(offset).map_err(|_| ())
 }
 
+/// One byte at `offset`, or 256 past the end of the packet. (A plain
+/// integer: LLVM may leave the payload of a failed `Result` in a register
+/// it never set, which the verifier rejects.)
+#[inline(always)]
+pub fn load_u8(ctx: &SkBuffContext, offset: usize) -> u32 {
+    match load::<1>(ctx, offset) {
+        Ok(b) => b[0] as u32,
+        Err(()) => 256,
+    }
+}
+
+/// Reads up to `N` bytes at `offset` (fewer when the packet ends sooner)
+/// into `dst`, through bpf_skb_load_bytes; returns how many were read.
+/// `Err` when nothing lies at `offset`. `dst` may be map or ring buffer
+/// memory: a 256-byte stack buffer would not fit the BPF stack next to
+/// the callers' frames.
+#[inline(always)]
+pub fn load_prefix<const N: usize>(
+    ctx: &SkBuffContext,
+    offset: usize,
+    dst: *mut [u8; N],
+) -> Result<usize, ()> {
+    let len = ctx.len() as usize;
+    if offset >= len {
+        return Err(());
+    }
+    let mut n = len - offset;
+    if n > N {
+        n = N;
+    }
+    // The verifier wants the size proven in [1, N] by the arithmetic
+    // itself (compilers fold a plain `n == 0` check away): n - 1 masked
+    // to N - 1 (N is a power of two), plus one. n >= 1 here, so this is
+    // the identity.
+    const { assert!(N.is_power_of_two()) };
+    let n = ((n - 1) & (N - 1)) + 1;
+    // SAFETY: `dst` points to N writable bytes (caller), n <= N; the
+    // helper checks offset + n against the packet and fails cleanly.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            ctx.skb.skb as *const core::ffi::c_void,
+            offset as u32,
+            dst as *mut core::ffi::c_void,
+            n as u32,
+        )
+    };
+    if r < 0 { Err(()) } else { Ok(n) }
+}
+
 /// Addresses, protocol and ports of a packet.
 pub struct Headers {
     pub family: u8,
@@ -53,7 +102,16 @@ pub struct Headers {
     /// Host byte order; 0 when there are no ports.
     pub sport: u16,
     pub dport: u16,
+    /// Offset of the transport payload (UDP: after the 8-byte header;
+    /// TCP: after the header including options); 0 when unknown (no
+    /// transport header, cut short, other protocols).
+    pub payload_off: usize,
+    /// TCP flags byte (FIN 0x01, SYN 0x02, ... ACK 0x10); 0 otherwise.
+    pub tcp_flags: u8,
 }
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
 
 #[inline(always)]
 fn carries_ports(proto: u8) -> bool {
@@ -68,6 +126,20 @@ fn ports(ctx: &SkBuffContext, offset: usize, h: &mut Headers) -> Result<(), ()> 
     let p = load::<4>(ctx, offset)?;
     h.sport = u16::from_be_bytes([p[0], p[1]]);
     h.dport = u16::from_be_bytes([p[2], p[3]]);
+    // Payload offset and TCP flags are extras for the DNS and stratum
+    // checks: a header cut short after the ports is still a counted
+    // packet with ports, just without payload inspection.
+    if h.proto == IPPROTO_UDP {
+        h.payload_off = offset + 8;
+    } else if h.proto == IPPROTO_TCP
+        && let Ok(t) = load::<14>(ctx, offset)
+    {
+        let doff = ((t[12] >> 4) as usize) * 4;
+        if doff >= 20 {
+            h.payload_off = offset + doff;
+            h.tcp_flags = t[13];
+        }
+    }
     Ok(())
 }
 
@@ -105,6 +177,8 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Headers, ()> {
         dst: v4_mapped([b[16], b[17], b[18], b[19]]),
         sport: 0,
         dport: 0,
+        payload_off: 0,
+        tcp_flags: 0,
     };
     let frag_offset = u16::from_be_bytes([b[6], b[7]]) & 0x1fff;
     if frag_offset == 0 && carries_ports(h.proto) {
@@ -126,6 +200,8 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Headers, ()> {
         dst: [0; 16],
         sport: 0,
         dport: 0,
+        payload_off: 0,
+        tcp_flags: 0,
     };
     h.src.copy_from_slice(&b[8..24]);
     h.dst.copy_from_slice(&b[24..40]);

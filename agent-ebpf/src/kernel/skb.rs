@@ -9,7 +9,8 @@ use aya_ebpf::{
 use tollgate_ebpf::{PeerKey, QF_NETWORK};
 
 use super::{
-    packet, quarantine,
+    packet::{self, IPPROTO_TCP, TCP_ACK, TCP_SYN},
+    quarantine, signals,
     stats::{Dir, count_dropped, count_flow, count_packet},
 };
 
@@ -60,8 +61,15 @@ fn account(ctx: &SkBuffContext, dir: Dir, cgroup_id: u64, bytes: u64) {
         family: h.family,
         _pad: [0; 4],
     };
-    let internal = count_flow(&key, dir, bytes);
-    count_packet(cgroup_id, dir, internal, false, bytes);
+    // A bare SYN (no ACK) from the cgroup starts a new outbound stream.
+    let syn = dir == Dir::Egress
+        && h.proto == IPPROTO_TCP
+        && h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
+    let flow = count_flow(&key, dir, bytes, syn);
+    count_packet(cgroup_id, dir, flow.internal, false, bytes);
+    if dir == Dir::Egress {
+        signals::on_egress(ctx, &h, flow.tx_since_syn);
+    }
 }
 
 /// Benchmark baseline, never attached: the cheapest useful cgroup_skb

@@ -118,19 +118,43 @@ pub fn count_dropped(cgroup_id: u64, bytes: u64) {
     }
 }
 
-/// Counts one packet in the flow table, creating the flow, and returns
-/// whether the peer is internal (cached in the flow: the trie is consulted
-/// once per flow, not per packet).
+/// What the flow table says about a packet's flow.
+pub struct FlowSeen {
+    /// The peer is internal (cached in the flow: the trie is consulted
+    /// once per flow, not per packet).
+    pub internal: bool,
+    /// Egress packets since the last SYN to the peer, this one included
+    /// (0 on ingress).
+    pub tx_since_syn: u32,
+}
+
+/// `tx_since_syn` stops counting here, so long streams stop dirtying the
+/// field once they are past any start-of-stream window.
+const TX_SINCE_SYN_CAP: u32 = 1024;
+
+/// Counts one packet in the flow table, creating the flow. `syn`: an
+/// egress TCP SYN, which restarts the flow's start-of-stream window.
 #[inline(always)]
-pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64) -> bool {
+pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64, syn: bool) -> FlowSeen {
     let now = now_ns();
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         // SAFETY: `f` points to a live map value; only field addresses are
-        // taken, `last_seen_ns` is a plain aligned store (last writer wins).
+        // taken, `last_seen_ns` and `tx_since_syn` are plain aligned
+        // stores (last writer wins).
         unsafe {
             add_flow(f, dir, bytes);
             (*f).last_seen_ns = now;
-            return (*f).scope == SCOPE_INTERNAL;
+            let mut tx_since_syn = 0;
+            if dir == Dir::Egress {
+                tx_since_syn = if syn { 1 } else { (*f).tx_since_syn + 1 };
+                if tx_since_syn <= TX_SINCE_SYN_CAP {
+                    (*f).tx_since_syn = tx_since_syn;
+                }
+            }
+            return FlowSeen {
+                internal: (*f).scope == SCOPE_INTERNAL,
+                tx_since_syn,
+            };
         }
     }
     let internal = is_internal(&key.addr);
@@ -146,7 +170,10 @@ pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64) -> bool {
         ..FlowStats::default()
     };
     match dir {
-        Dir::Egress => value.tx = one,
+        Dir::Egress => {
+            value.tx = one;
+            value.tx_since_syn = 1;
+        }
         Dir::Ingress => value.rx = one,
     }
     match FLOWS.insert(key, value, BPF_NOEXIST as u64) {
@@ -157,7 +184,10 @@ pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64) -> bool {
             None => bump(Counter::FlowCreateFailed),
         },
     }
-    internal
+    FlowSeen {
+        internal,
+        tx_since_syn: value.tx_since_syn,
+    }
 }
 
 #[inline(always)]

@@ -1,10 +1,12 @@
 //! Drains the kernel maps every tick (batch lookups) into a per-cgroup
 //! table of totals and rates, and decodes connection events.
 
+mod signals;
 mod snapshot;
 mod window;
 pub mod windower;
 
+pub use signals::decode_name;
 pub use snapshot::{
     CgroupRow, Counts, Destination, DirCounts, DnsSample, EventRow, IoCounts, Rates, Snapshot,
     StorageSummary, StorageUse, StratumHit, WatchedMount,
@@ -25,7 +27,7 @@ use tollgate_ebpf::{
 };
 
 use crate::{
-    ebpf::{PinDir, PinnedMaps},
+    ebpf::{PinDir, PinnedMaps, signals::SignalMaps},
     inventory::Inventory,
     storage::{self, Mount},
 };
@@ -68,6 +70,14 @@ pub struct Collector {
     storage_status: String,
     /// (written, read) bytes per cgroup at the previous pass.
     prev_storage: HashMap<u64, (u64, u64)>,
+    /// DNS-sample and stratum ring buffers (None with pins of a build
+    /// that lacks them).
+    signals: Option<SignalMaps>,
+    /// DNS samples whose name did not decode in userspace (should stay 0:
+    /// the kernel checks the label walk).
+    dns_garbled: u64,
+    recent_dns: VecDeque<DnsSample>,
+    recent_stratum: VecDeque<StratumHit>,
 }
 
 /// How often a full map is logged while it stays full.
@@ -135,6 +145,16 @@ impl Collector {
             known_devs: HashMap::new(),
             storage_status: "unknown".into(),
             prev_storage: HashMap::new(),
+            signals: match SignalMaps::open(pins) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "DNS samples and stratum events unavailable");
+                    None
+                }
+            },
+            dns_garbled: 0,
+            recent_dns: VecDeque::new(),
+            recent_stratum: VecDeque::new(),
         })
     }
 
@@ -344,6 +364,8 @@ impl Collector {
                     storage: uses,
                     storage_written_bytes: written,
                     storage_read_bytes: read,
+                    dns_queries: s.dns_queries,
+                    stratum_markers: s.stratum_markers,
                     ..CgroupRow::default()
                 };
                 if let Some(k) = known {
@@ -377,6 +399,8 @@ impl Collector {
             .collect();
         named.push(("flow_evictions".into(), self.evictions));
         named.push(("flows_live".into(), flows.len() as u64));
+        let (dns_samples, stratum_hits) = self.drain_signals();
+        named.push(("dns_samples_garbled".into(), self.dns_garbled));
         self.prev = cgroups.into_iter().collect();
         self.prev_at = Some(now);
         Ok(Snapshot {
@@ -389,9 +413,45 @@ impl Collector {
                 status: self.storage_status.clone(),
                 mounts: watched,
             },
-            dns_samples: Vec::new(),
-            stratum_hits: Vec::new(),
+            recent_dns_samples: self.recent_dns.iter().cloned().collect(),
+            recent_stratum_hits: self.recent_stratum.iter().cloned().collect(),
+            dns_samples,
+            stratum_hits,
         })
+    }
+}
+
+impl Collector {
+    /// DNS samples and stratum hits queued since the previous pass.
+    fn drain_signals(&mut self) -> (Vec<DnsSample>, Vec<StratumHit>) {
+        let Some(sig) = &mut self.signals else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut dns = Vec::new();
+        for e in sig.drain_dns(signals::MAX_EVENTS_PER_PASS) {
+            match DnsSample::from_event(&e) {
+                Some(s) => dns.push(s),
+                None => self.dns_garbled += 1,
+            }
+        }
+        let hits: Vec<StratumHit> = sig
+            .drain_stratum(signals::MAX_EVENTS_PER_PASS)
+            .iter()
+            .map(StratumHit::from)
+            .collect();
+        keep_recent(&mut self.recent_dns, &dns, RECENT_EVENTS);
+        keep_recent(&mut self.recent_stratum, &hits, RECENT_EVENTS);
+        (dns, hits)
+    }
+}
+
+/// Appends `new` to `recent`, keeping the last `max`.
+fn keep_recent<T: Clone>(recent: &mut VecDeque<T>, new: &[T], max: usize) {
+    for x in new.iter().skip(new.len().saturating_sub(max)) {
+        if recent.len() == max {
+            recent.pop_front();
+        }
+        recent.push_back(x.clone());
     }
 }
 

@@ -265,6 +265,13 @@ pub struct Snapshot {
     /// Stratum markers matched by the kernel since the previous pass.
     #[serde(default)]
     pub stratum_hits: Vec<StratumHit>,
+    /// The most recent DNS samples and stratum hits over many passes,
+    /// oldest first, for display (`top`) and tests; detectors use the
+    /// per-pass lists above.
+    #[serde(default)]
+    pub recent_dns_samples: Vec<DnsSample>,
+    #[serde(default)]
+    pub recent_stratum_hits: Vec<StratumHit>,
 }
 
 /// One DNS query name sampled by the kernel.

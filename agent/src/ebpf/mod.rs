@@ -18,6 +18,7 @@
 //!   counts it.
 
 pub mod btf;
+pub mod signals;
 pub mod sys;
 
 use std::{
@@ -200,6 +201,13 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32)> {
             size_of::<tollgate_ebpf::QuarantineEntry>() as u32,
         ),
         map::QUARANTINE_GATE => (MapType::Array, 4, 4),
+        map::DNS_EVENTS | map::STRATUM_EVENTS => (MapType::RingBuf, 0, 0),
+        map::JUMP => (MapType::ProgramArray, 4, 4),
+        map::DNS_RATE => (
+            MapType::LruPerCpuHash,
+            8,
+            size_of::<tollgate_ebpf::DnsRate>() as u32,
+        ),
         _ => return None,
     })
 }
@@ -352,7 +360,12 @@ impl Dataplane {
             .map_max_entries(map::FLOWS, opts.maps.flow_entries)
             .map_max_entries(map::CONN_SEEN, opts.maps.conn_seen_entries)
             .map_max_entries(map::CONN_EVENTS, opts.maps.conn_events_bytes)
-            .map_max_entries(map::STORAGE_STATS, opts.storage_stats_entries);
+            .map_max_entries(map::STORAGE_STATS, opts.storage_stats_entries)
+            .map_max_entries(map::DNS_EVENTS, opts.maps.dns_events_bytes)
+            .map_max_entries(map::DNS_RATE, opts.maps.dns_rate_entries)
+            .map_max_entries(map::STRATUM_EVENTS, opts.maps.stratum_events_bytes);
+        let signal_config = opts.maps.signal_config();
+        loader.override_global(tollgate_ebpf::SIGNAL_CONFIG_SYMBOL, &signal_config, true);
         let mut storage = if opts.storage {
             match storage_offsets(&opts.storage_btf) {
                 Ok(o) => Ok(o),
@@ -377,6 +390,7 @@ impl Dataplane {
         for (name, hook) in PROGRAMS {
             dp.load_program(name, hook)?;
         }
+        dp.load_signal_programs()?;
         if storage.is_ok()
             && let Err(e) = dp.load_storage()
         {
@@ -631,6 +645,37 @@ impl Dataplane {
                 p.load().map_err(prog_err(name))
             }
         }
+    }
+
+    /// Loads the DNS and stratum inspection programs and puts them in the
+    /// egress program's tail-call slots (replacing an earlier agent's).
+    fn load_signal_programs(&mut self) -> Result<()> {
+        for (slot, name) in [
+            (tollgate_ebpf::JUMP_DNS, prog::SKB_DNS),
+            (tollgate_ebpf::JUMP_STRATUM, prog::SKB_STRATUM),
+        ] {
+            self.load_program(name, Hook::Skb(CgroupSkbAttachType::Egress))?;
+            let p: &CgroupSkb = self
+                .ebpf
+                .program(name)
+                .ok_or(DataplaneError::MissingProgram { name })?
+                .try_into()
+                .map_err(prog_err(name))?;
+            let fd = p
+                .fd()
+                .map_err(prog_err(name))?
+                .try_clone()
+                .map_err(|source| DataplaneError::Io {
+                    what: "duplicating program fd of",
+                    path: PathBuf::from(name),
+                    source,
+                })?;
+            let mut jump: aya::maps::ProgramArray<_> =
+                aya::maps::ProgramArray::try_from(self.map_mut(map::JUMP)?)
+                    .map_err(map_err(map::JUMP))?;
+            jump.set(slot, &fd, 0).map_err(map_err(map::JUMP))?;
+        }
+        Ok(())
     }
 
     /// Attaches every program to `cgroup` (normally the cgroup v2 root).
