@@ -200,3 +200,85 @@ resolve_after = 30
     let _ = sink.finish(Duration::from_secs(1));
     drop(agent);
 }
+
+/// A stratum session from a pod: the kernel's marker reaches the engine in
+/// the tick that drains it (the per-tick path, not the window), and a
+/// critical mining.stratum finding names the pod and the pool, with no
+/// learning period.
+#[test]
+fn stratum_session_is_critical_at_once() {
+    privileged!("ip");
+    const SIGNAL: &str = env!("CARGO_BIN_EXE_tg-signal");
+    let topo = Topology::builder().pod("miner").build().expect("topology");
+    let pod = topo.pod(0);
+    let net = topo.internet().v4;
+    let pins = TestPinDir::new().expect("pin dir");
+    let state = StateDir(
+        std::env::temp_dir().join(format!("tollgate-detect-stratum-{}", std::process::id())),
+    );
+    let config = format!(
+        r#"
+[agent]
+tick = "200ms"
+metrics_addr = "127.0.0.1:0"
+state_dir = "{}"
+[network]
+internal_cidrs = ["198.18.0.0/16", "2001:db8:c::/48"]
+[inventory]
+mode = "standalone"
+[detect]
+window = "60s"
+"#,
+        state.0.display()
+    );
+    let agent = Agent::start(pins.path(), &config).expect("agent starts");
+    let socket = api::default_socket(pins.path());
+    let pool = format!("{net}:3333");
+    let mut stub = Sink::start(topo.internet().command(&[
+        TRAFFIC,
+        "tcp-sink",
+        "--listen",
+        &pool,
+        "--once",
+        "--timeout-s",
+        "30",
+    ]))
+    .expect("pool stub");
+    pod.run(
+        &[
+            SIGNAL,
+            "stratum-client",
+            "--to",
+            &pool,
+            "--shares",
+            "1",
+            "--interval-ms",
+            "10",
+            "--no-wait",
+        ],
+        WAIT,
+    )
+    .expect("pod mines");
+    stub.finish(WAIT).expect("pool stub exits");
+    let mut found = None;
+    let waited = wait_until("a mining.stratum finding", WAIT, || {
+        found = findings(&socket).into_iter().find(|f| {
+            f.detector == Detector::MiningStratum && f.subject.cgroup_id == pod.cgroup.id()
+        });
+        found.is_some()
+    });
+    let f = found.unwrap_or_else(|| {
+        panic!(
+            "{waited:?}; findings {:#?}; log:\n{}",
+            findings(&socket),
+            agent.log()
+        )
+    });
+    assert_eq!(f.state, FindingState::Firing);
+    assert_eq!(f.severity, tollgate::detect::Severity::Critical);
+    assert_eq!(f.destinations, [format!("{pool}/tcp")]);
+    // From a per-tick hit: the 60 s window has not closed yet.
+    assert_eq!(f.window_start, f.window_end);
+    assert!(f.summary.contains("mining."), "{}", f.summary);
+    drop(agent);
+}

@@ -48,7 +48,8 @@ pub struct EngineStats {
     pub windows: u64,
     /// Windows the baselines trained on.
     pub trained: u64,
-    /// Windows not trained on because a finding of the pod was firing.
+    /// Windows not trained on because a medium-or-worse finding of the
+    /// pod was firing.
     pub not_trained: u64,
     pub fired: u64,
     pub resolved: u64,
@@ -178,7 +179,14 @@ impl Engine {
             let cand = cands.iter().find(|c| c.detector == d);
             out.extend(self.step(d, &s, cand));
         }
-        if self.active.keys().any(|(_, c)| *c == id) {
+        // An attack must not become the norm: no training on a pod with a
+        // finding of medium or worse. A low finding alone (a pool port a
+        // workload legitimately uses) does not stop its class learning.
+        if self
+            .active
+            .iter()
+            .any(|((_, c), a)| *c == id && a.finding.severity >= Severity::Medium)
+        {
             self.stats.not_trained += 1;
         } else {
             self.baselines.train(&s, &horizon_bytes);

@@ -172,3 +172,30 @@ impl Live {
 fn log_save_error(e: &StoreError) {
     tracing::warn!(error = %e, "saving baselines failed; retrying at the next interval");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corrupt_baselines_file_is_moved_aside() {
+        let dir = std::env::temp_dir().join(format!("tollgate-live-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(store::FILE_NAME), b"not a baselines file").unwrap();
+        let cfg = DetectConfig::default();
+        let (live, rx) = Live::new(&cfg, &dir, PathBuf::from("/nonexistent"), Vec::new());
+        assert_eq!(live.engine().baselines().classes().count(), 0);
+        assert!(rx.borrow().is_empty());
+        let names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(names.len(), 1);
+        assert!(
+            names[0].starts_with("baselines.json.rejected-"),
+            "{names:?}"
+        );
+    }
+}

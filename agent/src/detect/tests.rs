@@ -237,3 +237,37 @@ fn recorded_windows_round_trip_and_bad_lines_are_named() {
     let e = replay::read_jsonl(&path).unwrap_err().to_string();
     assert!(e.contains("line 4") && e.contains("WindowSample"), "{e}");
 }
+
+#[test]
+fn a_low_pool_port_finding_does_not_stop_learning() {
+    // Every service pod talks to port 7777 all along (a legitimate use).
+    let spec = Spec {
+        duration: Duration::from_secs(2 * 3600),
+        pods_per_class: 2,
+        ..Spec::default()
+    };
+    let mut samples = synth::generate(&spec);
+    for s in samples.iter_mut().filter(|s| s.subject.class == "service") {
+        s.peers.push(crate::collect::PeerWindow {
+            addr: "203.0.113.9".parse().unwrap(),
+            port: 7777,
+            proto: "tcp".into(),
+            external: true,
+            tx_bytes: 100,
+            rx_bytes: 100,
+            tx_packets: 1,
+            rx_packets: 1,
+            first_seen: Some(spec.start),
+        });
+    }
+    let n = samples.len() as u64;
+    let mut engine = Engine::new(&cfg(), Baselines::new(&cfg()));
+    let mut out = Vec::new();
+    replay::run(&mut engine, samples, |f| out.push(f.clone()));
+    assert_eq!(out.len(), 2, "{out:#?}");
+    assert!(out.iter().all(|f| f.detector == Detector::MiningPoolPort
+        && f.severity == Severity::Low
+        && f.subject.class == "service"));
+    assert_eq!((engine.stats.trained, engine.stats.not_trained), (n, 0));
+    assert!(engine.baselines().learned("service"));
+}
