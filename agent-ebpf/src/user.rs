@@ -6,8 +6,9 @@ use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
-    ByteCount, CgroupStats, CidrInfo, ConnEvent, FAMILY_V4, FlowStats, IoCount, KernelOffsets,
-    LpmAddr, PeerKey, PendingIo, QuarantineEntry, ScopeCounts, StorageKey,
+    AllowPorts, ByteCount, CgroupStats, CidrInfo, ConnEvent, DeniedStats, FAMILY_V4, FlowStats,
+    IfQuarantine, IfStats, IoCount, KernelOffsets, LpmAddr, PeerKey, PendingIo, PolicyAddr,
+    PortRange, QuarantineEntry, ScopeCounts, StorageKey,
 };
 
 macro_rules! pod {
@@ -31,8 +32,24 @@ pod!(
     StorageKey,
     IoCount,
     PendingIo,
-    KernelOffsets
+    KernelOffsets,
+    IfStats,
+    IfQuarantine,
+    PolicyAddr,
+    PortRange,
+    AllowPorts,
+    DeniedStats
 );
+
+impl core::ops::AddAssign for IfStats {
+    fn add_assign(&mut self, o: Self) {
+        self.pod_egress += o.pod_egress;
+        self.pod_ingress += o.pod_ingress;
+        self.dropped_egress += o.dropped_egress;
+        self.dropped_ingress += o.dropped_ingress;
+        self.other_frames = self.other_frames.wrapping_add(o.other_frames);
+    }
+}
 
 impl core::ops::AddAssign for IoCount {
     fn add_assign(&mut self, o: Self) {

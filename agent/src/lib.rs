@@ -10,8 +10,13 @@ pub mod config;
 pub mod detect;
 #[allow(unsafe_code)]
 pub mod ebpf;
+pub mod egress;
+pub mod enforce;
 pub mod inventory;
 pub mod metrics;
+pub mod netdev;
+pub mod podnet;
+pub mod podtc;
 pub mod quarantine;
 pub mod run;
 pub mod storage;

@@ -338,6 +338,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let pins = PinDir::new(&cfg.agent.pin_dir);
+            match tollgate::podtc::detach_all(&cfg.tc) {
+                Ok(n) => eprintln!("removed {n} clsact filters"),
+                Err(e) => eprintln!("tollgate: removing clsact filters: {e}"),
+            }
             match tollgate::ebpf::remove_pins(&pins) {
                 Ok(()) => {
                     eprintln!("removed {}", pins.versioned().display());
@@ -358,7 +362,7 @@ fn open_quarantine(cfg: &Config) -> Result<tollgate::quarantine::Quarantine, Exi
         eprintln!("tollgate: {e}");
         ExitCode::from(EXIT_UNAVAILABLE)
     })?;
-    tollgate::quarantine::Quarantine::open(
+    let mut q = tollgate::quarantine::Quarantine::open(
         &PinDir::new(&cfg.agent.pin_dir),
         mount,
         &cfg.agent.state_dir,
@@ -366,7 +370,9 @@ fn open_quarantine(cfg: &Config) -> Result<tollgate::quarantine::Quarantine, Exi
     .map_err(|e| {
         eprintln!("tollgate: {}", chain(&e));
         ExitCode::FAILURE
-    })
+    })?;
+    q.set_host_netns(cfg.tc.host());
+    Ok(q)
 }
 
 /// Prints a command's result as JSON, or its error with causes.

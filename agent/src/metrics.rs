@@ -404,6 +404,8 @@ mod tests {
                 ("flows_live".to_string(), 50),
             ]),
             storage: Default::default(),
+            interfaces: Vec::new(),
+            denied: Vec::new(),
         }
     }
 

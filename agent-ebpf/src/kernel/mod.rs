@@ -2,11 +2,13 @@
 
 mod maps;
 mod packet;
+mod policy;
 mod quarantine;
 mod skb;
 mod sock_addr;
 mod stats;
 mod storage;
+mod tc;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use tollgate_ebpf::{PeerKey, QF_NETWORK};
 
 use super::{
-    packet, quarantine,
+    packet, policy, quarantine,
     stats::{Dir, count_dropped, count_flow, count_packet},
 };
 
@@ -26,8 +26,9 @@ pub fn tg_skb_ingress(ctx: SkBuffContext) -> i32 {
     verdict(&ctx, Dir::Ingress)
 }
 
-/// Drops (and counts as dropped) the packets of quarantined cgroups;
-/// accounts and passes everything else.
+/// Drops (and counts as dropped) the packets of quarantined cgroups and,
+/// on egress, packets to destinations the cgroup's egress policy does not
+/// allow; accounts and passes everything else.
 #[inline(always)]
 fn verdict(ctx: &SkBuffContext, dir: Dir) -> i32 {
     // SAFETY: `ctx.skb` is the program's context pointer.
@@ -37,13 +38,36 @@ fn verdict(ctx: &SkBuffContext, dir: Dir) -> i32 {
         count_dropped(cgroup_id, bytes);
         return DROP;
     }
-    account(ctx, dir, cgroup_id, bytes);
+    let parsed = packet::parse(ctx);
+    if dir == Dir::Egress {
+        let policy = policy::skb_policy(ctx);
+        if policy != 0 {
+            let (addr, port, proto, family) = match &parsed {
+                Ok(h) => (h.dst, h.dport, h.proto, h.family),
+                // Unreadable headers cannot be checked: denied.
+                Err(()) => ([0; 16], 0, 0, 0),
+            };
+            if parsed.is_err() || !policy::allowed(policy, &addr, port, proto) {
+                let key = PeerKey {
+                    cgroup_id,
+                    addr,
+                    port,
+                    proto,
+                    family,
+                    _pad: [0; 4],
+                };
+                policy::record_denied(&key, Some(bytes));
+                return DROP;
+            }
+        }
+    }
+    account(dir, cgroup_id, bytes, parsed);
     PASS
 }
 
 #[inline(always)]
-fn account(ctx: &SkBuffContext, dir: Dir, cgroup_id: u64, bytes: u64) {
-    let Ok(h) = packet::parse(ctx) else {
+fn account(dir: Dir, cgroup_id: u64, bytes: u64, parsed: Result<packet::Headers, ()>) {
+    let Ok(h) = parsed else {
         // Unreadable headers: counted as external bytes and as malformed.
         count_packet(cgroup_id, dir, false, true, bytes);
         return;

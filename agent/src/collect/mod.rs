@@ -8,6 +8,7 @@ pub use snapshot::{
     CgroupRow, Counts, Destination, DirCounts, EventRow, IoCounts, Rates, Snapshot, StorageSummary,
     StorageUse, WatchedMount,
 };
+pub use snapshot::DeniedRow;
 pub use window::{Features, PeerWindow, WindowSample};
 
 use std::{
@@ -387,6 +388,8 @@ impl Collector {
                 status: self.storage_status.clone(),
                 mounts: watched,
             },
+            interfaces: Vec::new(),
+            denied: Vec::new(),
         })
     }
 }

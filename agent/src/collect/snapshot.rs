@@ -152,6 +152,16 @@ pub struct CgroupRow {
     /// inventory's grace period.
     #[serde(default)]
     pub gone: bool,
+    /// The class whose `network = "deny"` egress policy applies to this
+    /// cgroup (set by the agent once the kernel enforces it).
+    #[serde(default)]
+    pub egress_policy: Option<String>,
+    /// Calls refused and packets dropped by the egress policy, summed
+    /// over destinations (details in the snapshot's `denied`).
+    #[serde(default)]
+    pub policy_denied_calls: u64,
+    #[serde(default)]
+    pub policy_dropped: Counts,
 }
 
 impl CgroupRow {
@@ -251,4 +261,23 @@ pub struct Snapshot {
     pub counters: BTreeMap<String, u64>,
     #[serde(default)]
     pub storage: StorageSummary,
+    /// Pods' host-side interfaces (tc), filled by the agent.
+    #[serde(default)]
+    pub interfaces: Vec<crate::podtc::IfaceRow>,
+    /// Destinations refused by egress policies, filled by the agent.
+    #[serde(default)]
+    pub denied: Vec<DeniedRow>,
+}
+
+/// One (cgroup, destination) an egress policy refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeniedRow {
+    pub cgroup_id: u64,
+    pub addr: String,
+    pub port: u16,
+    pub proto: String,
+    /// connect()/sendmsg() calls refused with EPERM.
+    pub calls: u64,
+    /// Packets dropped in the cgroup_skb egress hook.
+    pub dropped: Counts,
 }

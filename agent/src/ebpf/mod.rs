@@ -18,7 +18,9 @@
 //!   counts it.
 
 pub mod btf;
+pub mod policy;
 pub mod sys;
+pub mod tc;
 
 use std::{
     fs::File,
@@ -200,6 +202,28 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32)> {
             size_of::<tollgate_ebpf::QuarantineEntry>() as u32,
         ),
         map::QUARANTINE_GATE => (MapType::Array, 4, 4),
+        map::IF_STATS => (
+            MapType::PerCpuHash,
+            4,
+            size_of::<tollgate_ebpf::IfStats>() as u32,
+        ),
+        map::IF_QUARANTINE => (
+            MapType::Hash,
+            4,
+            size_of::<tollgate_ebpf::IfQuarantine>() as u32,
+        ),
+        map::POLICY_CGROUPS => (MapType::Hash, 8, 4),
+        map::POLICY_GATE => (MapType::Array, 4, 4),
+        map::POLICY_ALLOW => (
+            MapType::LpmTrie,
+            4 + size_of::<tollgate_ebpf::PolicyAddr>() as u32,
+            size_of::<tollgate_ebpf::AllowPorts>() as u32,
+        ),
+        map::DENIED => (
+            MapType::LruHash,
+            size_of::<PeerKey>() as u32,
+            size_of::<tollgate_ebpf::DeniedStats>() as u32,
+        ),
         _ => return None,
     })
 }
@@ -377,6 +401,7 @@ impl Dataplane {
         for (name, hook) in PROGRAMS {
             dp.load_program(name, hook)?;
         }
+        dp.load_tc()?;
         if storage.is_ok()
             && let Err(e) = dp.load_storage()
         {
