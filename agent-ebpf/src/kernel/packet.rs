@@ -55,6 +55,18 @@ pub struct Headers {
     pub dport: u16,
 }
 
+impl Headers {
+    /// All zero: what an unparsable packet is checked and recorded as.
+    pub const ZERO: Headers = Headers {
+        family: 0,
+        proto: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+    };
+}
+
 #[inline(always)]
 fn carries_ports(proto: u8) -> bool {
     matches!(

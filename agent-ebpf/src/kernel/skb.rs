@@ -38,40 +38,39 @@ fn verdict(ctx: &SkBuffContext, dir: Dir) -> i32 {
         count_dropped(cgroup_id, bytes);
         return DROP;
     }
-    let parsed = packet::parse(ctx);
+    // Plain values, not a Result held across the checks: LLVM may leave
+    // the payload of an Err uninitialised, which the verifier refuses.
+    let (ok, h) = match packet::parse(ctx) {
+        Ok(h) => (true, h),
+        Err(()) => (false, packet::Headers::ZERO),
+    };
     if dir == Dir::Egress {
         let policy = policy::skb_policy(ctx);
-        if policy != 0 {
-            let (addr, port, proto, family) = match &parsed {
-                Ok(h) => (h.dst, h.dport, h.proto, h.family),
-                // Unreadable headers cannot be checked: denied.
-                Err(()) => ([0; 16], 0, 0, 0),
+        // Unreadable headers cannot be checked: denied.
+        if policy != 0 && (!ok || !policy::allowed(policy, &h.dst, h.dport, h.proto)) {
+            let key = PeerKey {
+                cgroup_id,
+                addr: h.dst,
+                port: h.dport,
+                proto: h.proto,
+                family: h.family,
+                _pad: [0; 4],
             };
-            if parsed.is_err() || !policy::allowed(policy, &addr, port, proto) {
-                let key = PeerKey {
-                    cgroup_id,
-                    addr,
-                    port,
-                    proto,
-                    family,
-                    _pad: [0; 4],
-                };
-                policy::record_denied(&key, Some(bytes));
-                return DROP;
-            }
+            policy::record_denied(&key, Some(bytes));
+            return DROP;
         }
     }
-    account(dir, cgroup_id, bytes, parsed);
+    if !ok {
+        // Unreadable headers: counted as external bytes and as malformed.
+        count_packet(cgroup_id, dir, false, true, bytes);
+        return PASS;
+    }
+    account(dir, cgroup_id, bytes, &h);
     PASS
 }
 
 #[inline(always)]
-fn account(dir: Dir, cgroup_id: u64, bytes: u64, parsed: Result<packet::Headers, ()>) {
-    let Ok(h) = parsed else {
-        // Unreadable headers: counted as external bytes and as malformed.
-        count_packet(cgroup_id, dir, false, true, bytes);
-        return;
-    };
+fn account(dir: Dir, cgroup_id: u64, bytes: u64, h: &packet::Headers) {
     let (addr, port) = match dir {
         Dir::Egress => (h.dst, h.dport),
         Dir::Ingress => (h.src, h.sport),
