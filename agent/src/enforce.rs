@@ -29,7 +29,6 @@ pub enum EnforceError {
 }
 
 pub struct Enforcer {
-    mount: PathBuf,
     podtc: PodTc,
     ifmaps: IfMaps,
     policy: PolicyMaps,
@@ -52,8 +51,7 @@ impl Enforcer {
             .map(|(c, id)| (*id, c.clone()))
             .collect();
         Ok(Self {
-            mount,
-            podtc: PodTc::new(&cfg.tc),
+            podtc: PodTc::new(&cfg.tc, mount),
             ifmaps: IfMaps::open(pins)?,
             policy,
             compiled,
@@ -73,14 +71,7 @@ impl Enforcer {
         snap: &mut Snapshot,
         quarantine: Option<&mut Quarantine>,
     ) {
-        let live: Vec<(u64, String)> = snap
-            .cgroups
-            .iter()
-            .filter(|r| !r.gone)
-            .filter_map(|r| r.path.as_ref().map(|p| (r.cgroup_id, p.clone())))
-            .filter(|(_, p)| p.starts_with('/') && p != "/")
-            .collect();
-        self.podtc.sync(dp, &self.mount, &live);
+        self.podtc.sync(dp);
         if let Some(q) = quarantine {
             q.sync_ifaces();
         }

@@ -1,12 +1,15 @@
 //! Keeps the tc programs attached to every pod's host-side interface:
-//! each tick, cgroups not yet resolved are mapped to their interfaces
-//! (`podnet`), new interfaces get the programs, and interfaces that
-//! disappeared are cleaned up (pins and map entries). Also the table of
-//! pod interfaces shown in snapshots.
+//! every second, the network namespaces of all processes are listed
+//! (/proc/<pid>/ns/net), each new one is entered once to find the peer of
+//! its veths in the host namespace (`podnet::match_peers`), new interfaces
+//! get the programs, and interfaces that disappeared are cleaned up (pins
+//! and map entries). Processes, not cgroup traffic, are the source: a VM
+//! sandbox's pod shows no cgroup traffic at all. Also the table of pod
+//! interfaces shown in snapshots.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
@@ -102,29 +105,44 @@ pub struct IfaceRow {
     pub quarantined: bool,
 }
 
-/// Retry cgroups that had no pod interface this often (the pod may not
-/// have started its processes yet).
-const RETRY_EMPTY: Duration = Duration::from_secs(10);
+/// How often /proc is rescanned for network namespaces.
+const RESCAN: Duration = Duration::from_secs(1);
+
+/// One pod network namespace and its host-side interfaces.
+struct NsEntry {
+    /// Cgroup (relative to the mount) of a process in the namespace.
+    cgroup: String,
+    ifaces: Vec<PodIface>,
+    at: Instant,
+}
+
+/// Namespaces without a pod interface are looked at again this often:
+/// the CNI moves the veth in after the sandbox process started.
+const RETRY_EMPTY: Duration = Duration::from_secs(5);
 
 pub struct PodTc {
     cfg: TcConfig,
     mode: TcMode,
     host: HostNetns,
-    /// cgroup id -> (path, interfaces, when resolved).
-    by_cgroup: HashMap<u64, (String, Vec<PodIface>, Instant)>,
+    mount: PathBuf,
+    /// Network namespace inode -> its pod interfaces.
+    netns: HashMap<u64, NsEntry>,
+    scanned_at: Option<Instant>,
     attached: BTreeSet<u32>,
     /// Interfaces whose attach failed, logged once each.
     failed: BTreeSet<u32>,
 }
 
 impl PodTc {
-    pub fn new(cfg: &TcConfig) -> Self {
+    pub fn new(cfg: &TcConfig, mount: PathBuf) -> Self {
         let mode = cfg.mode.resolve();
         Self {
             cfg: cfg.clone(),
             mode,
             host: cfg.host(),
-            by_cgroup: HashMap::new(),
+            mount,
+            netns: HashMap::new(),
+            scanned_at: None,
             attached: BTreeSet::new(),
             failed: BTreeSet::new(),
         }
@@ -134,12 +152,67 @@ impl PodTc {
         self.mode
     }
 
-    /// One pass over the cgroups `(id, path relative to mount)` the agent
-    /// knows.
-    pub fn sync(&mut self, dp: &mut Dataplane, mount: &Path, cgroups: &[(u64, String)]) {
+    /// Finds the network namespaces of all processes (every pod, VM
+    /// sandboxes included, has a process in its namespace: the pause
+    /// container or the sandbox's shim), and the host-side interfaces of
+    /// namespaces not seen before. Namespaces whose processes are gone
+    /// are dropped.
+    fn scan(&mut self, host_links: &[netdev::Link]) {
+        let Ok(host_inode) = self.host.inode() else {
+            return;
+        };
+        let mut seen: HashMap<u64, u32> = HashMap::new();
+        if let Ok(rd) = std::fs::read_dir("/proc") {
+            for e in rd.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Ok(ino) = netdev::ns_inode(&e.path().join("ns/net"))
+                    && ino != host_inode
+                {
+                    seen.entry(ino).or_insert(pid);
+                }
+            }
+        }
+        self.netns.retain(|ino, _| seen.contains_key(ino));
+        for (ino, pid) in seen {
+            if self.netns.contains_key(&ino) {
+                continue;
+            }
+            let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+            // The process may have exited since: try again next scan.
+            let Ok(Ok(pod_links)) = netdev::in_netns(&ns, netdev::links) else {
+                continue;
+            };
+            let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .ok()
+                .and_then(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+                })
+                .unwrap_or_default();
+            self.netns.insert(
+                ino,
+                NsEntry {
+                    cgroup,
+                    ifaces: podnet::match_peers(&pod_links, host_links),
+                    at: Instant::now(),
+                },
+            );
+        }
+    }
+
+    /// One pass: new pod interfaces get the programs, removed ones are
+    /// cleaned up.
+    pub fn sync(&mut self, dp: &mut Dataplane) {
         if !self.cfg.enabled {
             return;
         }
+        let now = Instant::now();
+        if self.scanned_at.is_some_and(|t| now.duration_since(t) < RESCAN) {
+            return;
+        }
+        self.scanned_at = Some(now);
         let host_links = match self.host.run(netdev::links) {
             Ok(Ok(l)) => l,
             Ok(Err(e)) | Err(e) => {
@@ -148,28 +221,20 @@ impl PodTc {
             }
         };
         let alive: BTreeSet<u32> = host_links.iter().map(|l| l.index).collect();
-        let now = Instant::now();
-        let live: BTreeSet<u64> = cgroups.iter().map(|(id, _)| *id).collect();
-        self.by_cgroup.retain(|id, _| live.contains(id));
-        for (id, path) in cgroups {
-            let stale = match self.by_cgroup.get(id) {
-                None => true,
-                Some((_, ifs, at)) => {
-                    ifs.iter().any(|i| !alive.contains(&i.ifindex))
-                        || (ifs.is_empty() && now.duration_since(*at) >= RETRY_EMPTY)
-                }
-            };
-            if !stale {
-                continue;
+        // A namespace whose interface changed (recreated veth) is looked
+        // at again.
+        self.netns.retain(|_, e| {
+            if e.ifaces.is_empty() {
+                now.duration_since(e.at) < RETRY_EMPTY
+            } else {
+                e.ifaces.iter().all(|i| alive.contains(&i.ifindex))
             }
-            let dir = mount.join(path.trim_start_matches('/'));
-            let ifs = podnet::host_ifaces(&dir, &self.host, &host_links).unwrap_or_default();
-            self.by_cgroup.insert(*id, (path.clone(), ifs, now));
-        }
+        });
+        self.scan(&host_links);
         let wanted: BTreeMap<u32, String> = self
-            .by_cgroup
+            .netns
             .values()
-            .flat_map(|(_, ifs, _)| ifs.iter().map(|i| (i.ifindex, i.name.clone())))
+            .flat_map(|e| e.ifaces.iter().map(|i| (i.ifindex, i.name.clone())))
             .collect();
         let slot = ClsactSlot {
             priority: self.cfg.priority,
@@ -210,38 +275,36 @@ impl PodTc {
 
     /// The pod interfaces with their counters.
     pub fn rows(&self, maps: &IfMaps) -> Vec<IfaceRow> {
+        use std::os::unix::fs::MetadataExt as _;
         let stats: HashMap<u32, tollgate_ebpf::IfStats> = maps.stats().into_iter().collect();
         let quarantined: BTreeSet<u32> = maps.quarantined().into_iter().map(|(i, _)| i).collect();
-        let mut owner: BTreeMap<u32, (u64, &str, &PodIface)> = BTreeMap::new();
-        for (id, (path, ifs, _)) in &self.by_cgroup {
-            for i in ifs {
-                let better = owner
-                    .get(&i.ifindex)
-                    .is_none_or(|(_, p, _)| path.len() < p.len());
-                if better {
-                    owner.insert(i.ifindex, (*id, path.as_str(), i));
-                }
-            }
-        }
-        owner
-            .into_iter()
-            .map(|(ifindex, (cgroup_id, path, i))| {
-                let s = stats.get(&ifindex).copied().unwrap_or_default();
+        let mut rows: Vec<IfaceRow> = self
+            .netns
+            .values()
+            .flat_map(|e| e.ifaces.iter().map(move |i| (e, i)))
+            .map(|(e, i)| {
+                let s = stats.get(&i.ifindex).copied().unwrap_or_default();
+                let cgroup_id = std::fs::metadata(self.mount.join(e.cgroup.trim_start_matches('/')))
+                    .map(|m| m.ino())
+                    .unwrap_or(0);
                 IfaceRow {
-                    ifindex,
+                    ifindex: i.ifindex,
                     name: i.name.clone(),
                     pod_name: i.pod_name.clone(),
                     cgroup_id,
-                    cgroup: Some(path.to_owned()),
+                    cgroup: (!e.cgroup.is_empty()).then(|| e.cgroup.clone()),
                     pod_egress: Counts::from(&s.pod_egress),
                     pod_ingress: Counts::from(&s.pod_ingress),
                     dropped_egress: Counts::from(&s.dropped_egress),
                     dropped_ingress: Counts::from(&s.dropped_ingress),
                     other_frames: s.other_frames,
-                    quarantined: quarantined.contains(&ifindex),
+                    quarantined: quarantined.contains(&i.ifindex),
                 }
             })
-            .collect()
+            .collect();
+        rows.sort_by_key(|r| r.ifindex);
+        rows.dedup_by_key(|r| r.ifindex);
+        rows
     }
 }
 

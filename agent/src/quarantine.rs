@@ -158,19 +158,22 @@ impl Quarantine {
         }
     }
 
-    /// Keeps the interface quarantines in line with the records (run every
-    /// tick by the agent): interfaces of quarantined pods that appeared
-    /// since are added; entries of released cgroups are removed.
+    /// Keeps the interface quarantines in line with the kernel's cgroup
+    /// quarantines (run every tick by the agent): interfaces of
+    /// quarantined pods that appeared since are added; entries whose
+    /// cgroup is no longer quarantined are removed. The kernel map, not
+    /// the state file, decides: the CLI writes the map first and the file
+    /// after, and a tick in between must not undo it.
     pub fn sync_ifaces(&mut self) {
+        let kernel: Vec<u64> = self.maps.list().into_iter().map(|(id, _)| id).collect();
         let records = self.records.clone();
         for r in &records {
-            if !r.path.starts_with('/') {
-                continue;
+            if r.path.starts_with('/') && kernel.contains(&r.cgroup_id) {
+                self.quarantine_ifaces(r.cgroup_id, &r.path, r.since_unix);
             }
-            self.quarantine_ifaces(r.cgroup_id, &r.path, r.since_unix);
         }
         for (ifindex, e) in self.ifmaps.quarantined() {
-            if !records.iter().any(|r| r.cgroup_id == e.cgroup_id) {
+            if !kernel.contains(&e.cgroup_id) {
                 let _ = self.ifmaps.release(ifindex);
             }
         }
@@ -256,8 +259,11 @@ impl Quarantine {
                 })
             })
             .ok_or_else(|| QuarantineError::NotQuarantined(rel.clone()))?;
+        // Cgroup entry first: the agent lifts interface entries whose
+        // cgroup is no longer in the kernel map, never the other way round.
+        let removed = self.maps.remove(rec.cgroup_id)?;
         self.release_ifaces(rec.cgroup_id);
-        if !self.maps.remove(rec.cgroup_id)? && !self.records.iter().any(|r| r.path == rel) {
+        if !removed && !self.records.iter().any(|r| r.path == rel) {
             return Err(QuarantineError::NotQuarantined(rel));
         }
         self.records.retain(|r| r.cgroup_id != rec.cgroup_id);
@@ -286,9 +292,9 @@ impl Quarantine {
             .cloned()
             .collect();
         for r in &due {
-            self.release_ifaces(r.cgroup_id);
             match self.maps.remove(r.cgroup_id) {
                 Ok(_) => {
+                    self.release_ifaces(r.cgroup_id);
                     self.records.retain(|x| x.cgroup_id != r.cgroup_id);
                     self.log("expire", r, "ttl passed", "agent");
                 }
