@@ -101,6 +101,22 @@ enum Cmd {
         #[arg(long)]
         pin_dir: PathBuf,
     },
+    /// Time quarantine requests to the first stopped packet (for `cargo xtask bench quarantine`).
+    #[command(hide = true)]
+    BenchQuarantine {
+        #[command(flatten)]
+        common: Common,
+        /// Cgroup of the sending pod, relative to the cgroup v2 mount.
+        #[arg(long)]
+        cgroup: String,
+        /// The pod's host-side interface index (for --watch tc).
+        #[arg(long, default_value_t = 0)]
+        ifindex: u32,
+        #[arg(long, value_enum)]
+        watch: tollgate::qbench::Watch,
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+    },
     /// Cut a cgroup off the network (standalone: --cgroup PATH relative to
     /// the cgroup v2 mount); `quarantine list` shows what is cut off.
     #[command(args_conflicts_with_subcommands = true)]
@@ -279,6 +295,19 @@ fn main() -> ExitCode {
         } => print_json(tollgate::bench::prog_bench(&pin_dir, repeat, rounds)),
         Cmd::BenchDrain { rounds, pin_dir } => {
             print_json(tollgate::bench::drain_bench(&PinDir::new(pin_dir), rounds))
+        }
+        Cmd::BenchQuarantine {
+            common,
+            cgroup,
+            ifindex,
+            watch,
+            runs,
+        } => {
+            let cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            print_json(tollgate::qbench::run(&cfg, &cgroup, ifindex, watch, runs))
         }
         Cmd::Quarantine {
             list,

@@ -461,20 +461,6 @@ fn tcp_stream_stops_within_a_round_trip() {
             .ingress(Peer::addr(va))
             .bytes
     };
-    // Round trip on this path, for scale.
-    let ping_rtt = {
-        let t = Instant::now();
-        run_ok(
-            a.command(&[
-                TRAFFIC,
-                "connect",
-                "--to",
-                &SocketAddr::new(IpAddr::V4(topo.internet().v4), 9601).to_string(),
-            ]),
-            "connect",
-        );
-        t.elapsed()
-    };
     let t0 = Instant::now();
     tg(
         &setup.config_file,
@@ -489,8 +475,7 @@ fn tcp_stream_stops_within_a_round_trip() {
     std::thread::sleep(Duration::from_millis(1000));
     let after_1s = received();
     eprintln!(
-        "quarantine CLI {cmd_ms:.1} ms (connect+close round trip incl. process start {:.1} ms); bytes at the internet host after the CLI returned: {} in the first 20 ms, {} in the next second",
-        ping_rtt.as_secs_f64() * 1e3,
+        "quarantine CLI {cmd_ms:.1} ms; bytes at the internet host after the CLI returned: {} in the first 20 ms, {} in the next second",
         after_20ms - at_cut,
         after_1s - after_20ms
     );
