@@ -140,7 +140,9 @@ pub fn compile(
                         .iter()
                         .map(PortSpec::range)
                         .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| invalid(format!("classes.egress.{class}.allow[{i}].ports"), e))?,
+                        .map_err(|e| {
+                            invalid(format!("classes.egress.{class}.allow[{i}].ports"), e)
+                        })?,
                 )
             };
             rules.push((r.cidr.trunc(), ports));
@@ -218,7 +220,10 @@ mod tests {
     use super::*;
 
     fn classes() -> BTreeSet<String> {
-        ["default", "sandbox"].iter().map(|s| s.to_string()).collect()
+        ["default", "sandbox"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     fn parse(toml_text: &str) -> BTreeMap<String, EgressPolicy> {
@@ -250,7 +255,10 @@ mod tests {
         assert!(allows(&c, id, ip("198.18.250.2"), 8001, 6));
         assert!(!allows(&c, id, ip("198.18.250.2"), 8002, 6));
         assert!(!allows(&c, id, ip("198.18.1.1"), 53, 17));
-        assert!(!allows(&c, id, ip("198.18.1.1"), 0, 1), "icmp needs an all-ports entry");
+        assert!(
+            !allows(&c, id, ip("198.18.1.1"), 0, 1),
+            "icmp needs an all-ports entry"
+        );
         assert!(allows(&c, id, ip("2001:db8:c::9"), 0, 58));
         assert!(allows(&c, id, ip("127.0.0.1"), 9, 17), "loopback");
         assert!(!allows(&c, id, ip("203.0.113.1"), 443, 6));
@@ -273,9 +281,7 @@ mod tests {
         );
         let e = compile(&parse(&text), &classes()).unwrap_err().to_string();
         assert!(e.contains("at most 8"), "{e}");
-        let allow_list = parse(
-            "[egress.sandbox]\nallow = [{ cidr = \"10.0.0.0/8\" }]\n",
-        );
+        let allow_list = parse("[egress.sandbox]\nallow = [{ cidr = \"10.0.0.0/8\" }]\n");
         assert!(compile(&allow_list, &classes()).is_err());
     }
 }

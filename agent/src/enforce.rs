@@ -87,9 +87,16 @@ impl Enforcer {
         match self.policy.set_cgroups(&wanted) {
             Ok((0, 0)) => {}
             Ok((added, removed)) => {
-                tracing::info!(added, removed, cgroups = wanted.len(), "egress policies applied")
+                tracing::info!(
+                    added,
+                    removed,
+                    cgroups = wanted.len(),
+                    "egress policies applied"
+                )
             }
-            Err(e) => tracing::warn!(error = %e, "applying egress policies failed; retrying next tick"),
+            Err(e) => {
+                tracing::warn!(error = %e, "applying egress policies failed; retrying next tick")
+            }
         }
         let applied = self.policy.cgroups();
         let mut per_cgroup: HashMap<u64, (u64, Counts)> = HashMap::new();

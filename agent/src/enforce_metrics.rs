@@ -97,7 +97,10 @@ impl Collector for EnforceCollector {
             let mut fam = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
             for r in snap.cgroups.iter().filter(|r| r.egress_policy.is_some()) {
                 let l = [
-                    ("pod", label(r.pod.as_deref().or(r.path.as_deref()).unwrap_or(""))),
+                    (
+                        "pod",
+                        label(r.pod.as_deref().or(r.path.as_deref()).unwrap_or("")),
+                    ),
                     ("namespace", label(r.namespace.as_deref().unwrap_or(""))),
                     ("container", label(r.container.as_deref().unwrap_or(""))),
                     ("class", label(r.egress_policy.as_deref().unwrap_or(""))),

@@ -82,7 +82,8 @@ pub fn links() -> io::Result<Vec<Link>> {
             match ty {
                 NLMSG_DONE => return Ok(out),
                 NLMSG_ERROR => {
-                    let errno = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or([0; 4]));
+                    let errno =
+                        i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap_or([0; 4]));
                     if errno != 0 {
                         return Err(io::Error::from_raw_os_error(-errno));
                     }
@@ -200,7 +201,8 @@ impl HostNetns {
 /// Runs `f` on a new thread that has joined the network namespace at
 /// `ns` (a /proc/<pid>/ns/net or /run/netns/<name> file).
 pub fn in_netns<T: Send>(ns: &Path, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    let file = File::open(ns).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", ns.display())))?;
+    let file =
+        File::open(ns).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", ns.display())))?;
     std::thread::scope(|s| {
         s.spawn(move || {
             move_into_link_name_space(file.as_fd(), Some(LinkNameSpaceType::Network))

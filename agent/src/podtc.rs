@@ -209,7 +209,10 @@ impl PodTc {
             return;
         }
         let now = Instant::now();
-        if self.scanned_at.is_some_and(|t| now.duration_since(t) < RESCAN) {
+        if self
+            .scanned_at
+            .is_some_and(|t| now.duration_since(t) < RESCAN)
+        {
             return;
         }
         self.scanned_at = Some(now);
@@ -284,9 +287,10 @@ impl PodTc {
             .flat_map(|e| e.ifaces.iter().map(move |i| (e, i)))
             .map(|(e, i)| {
                 let s = stats.get(&i.ifindex).copied().unwrap_or_default();
-                let cgroup_id = std::fs::metadata(self.mount.join(e.cgroup.trim_start_matches('/')))
-                    .map(|m| m.ino())
-                    .unwrap_or(0);
+                let cgroup_id =
+                    std::fs::metadata(self.mount.join(e.cgroup.trim_start_matches('/')))
+                        .map(|m| m.ino())
+                        .unwrap_or(0);
                 IfaceRow {
                     ifindex: i.ifindex,
                     name: i.name.clone(),

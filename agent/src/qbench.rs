@@ -3,7 +3,8 @@
 //! over many runs against a pod that sends all the time. The request is
 //! the real one (`Quarantine::quarantine`: kernel maps, the pod's
 //! interfaces, state file, audit log); the first stopped packet is seen
-//! in the kernel's own counters, polled in a tight loop:
+//! in the kernel's own counters, polled every 20 us by a second thread
+//! while the request runs:
 //! - `cgroup`: the pod's connects_denied + quarantine_dropped (sender in
 //!   the pod's cgroup: sendmsg refused or packet dropped);
 //! - `tc`: the interface's dropped_egress (sender outside the cgroup, in
@@ -106,12 +107,21 @@ impl Counters<'_> {
         }
     }
 
-    /// Time until `pick(counters)` grows past `from`, or None.
-    fn until_grows(&self, watch: Watch, from: u64, pick: fn((u64, u64)) -> u64, t0: Instant) -> Option<Duration> {
+    /// Time until `pick(counters)` grows past `from`, or None. Polls
+    /// every 20 us: on a two-core machine a pure spin would starve the
+    /// sender and the request it is timing.
+    fn until_grows(
+        &self,
+        watch: Watch,
+        from: u64,
+        pick: fn((u64, u64)) -> u64,
+        t0: Instant,
+    ) -> Option<Duration> {
         while t0.elapsed() < LIMIT {
             if pick(self.read(watch)) > from {
                 return Some(t0.elapsed());
             }
+            std::thread::sleep(Duration::from_micros(20));
         }
         None
     }
@@ -126,8 +136,56 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
+/// What the poller thread is asked to time.
+enum Job {
+    /// Until the passed (`false`) or stopped (`true`) count grows past
+    /// `from`, timed from `t0`.
+    Until {
+        t0: Instant,
+        from: u64,
+        stopped: bool,
+    },
+}
+
+/// The poller: its own map handles on its own thread, so the first
+/// stopped packet is seen while the request is still running (the
+/// kernel enforces as soon as the map entries exist; the state file and
+/// audit log come after).
+fn poller(
+    pins: PinDir,
+    cgroup_id: u64,
+    ifindex: u32,
+    watch: Watch,
+    jobs: std::sync::mpsc::Receiver<Job>,
+    done: std::sync::mpsc::Sender<Result<Option<Duration>, String>>,
+) {
+    let maps = match (PinnedMaps::open(&pins), IfMaps::open(&pins)) {
+        (Ok(m), Ok(i)) => (m, i),
+        (Err(e), _) | (_, Err(e)) => {
+            let _ = done.send(Err(e.to_string()));
+            return;
+        }
+    };
+    let c = Counters {
+        maps: &maps.0,
+        ifmaps: &maps.1,
+        cgroup_id,
+        ifindex,
+    };
+    let _ = done.send(Ok(None));
+    for job in jobs {
+        let Job::Until { t0, from, stopped } = job;
+        let pick = if stopped {
+            |x: (u64, u64)| x.0
+        } else {
+            |x: (u64, u64)| x.1
+        };
+        let _ = done.send(Ok(c.until_grows(watch, from, pick, t0)));
+    }
+}
+
 /// Runs `runs` quarantine/release cycles on cgroup `rel` (relative to
-/// the cgroup v2 mount); `ifname` is the pod's host-side interface for
+/// the cgroup v2 mount); `ifindex` is the pod's host-side interface for
 /// `Watch::Tc`.
 pub fn run(
     cfg: &Config,
@@ -151,13 +209,32 @@ pub fn run(
         cgroup_id,
         ifindex,
     };
+    let (job_tx, job_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let poll_pins = pins.clone();
+    let handle =
+        std::thread::spawn(move || poller(poll_pins, cgroup_id, ifindex, watch, job_rx, done_tx));
+    let setup_err = |e: String| QBenchError::Setup(format!("poller: {e}"));
+    done_rx
+        .recv()
+        .map_err(|e| setup_err(e.to_string()))?
+        .map_err(setup_err)?;
+    let ask = |t0: Instant, from: u64, stopped: bool| -> Result<(), QBenchError> {
+        job_tx
+            .send(Job::Until { t0, from, stopped })
+            .map_err(|e| setup_err(e.to_string()))
+    };
     let (mut lat, mut req, mut base) = (Vec::new(), Vec::new(), Vec::new());
     let mut missed = 0;
     for i in 0..runs {
         // Baseline: the sender's next packet, from a fresh instant.
-        let (_, passed) = c.read(watch);
-        let t0 = Instant::now();
-        match c.until_grows(watch, passed, |x| x.1, t0) {
+        let (stopped, passed) = c.read(watch);
+        ask(Instant::now(), passed, false)?;
+        match done_rx
+            .recv()
+            .map_err(|e| setup_err(e.to_string()))?
+            .map_err(setup_err)?
+        {
             Some(d) => base.push(d.as_secs_f64() * 1e3),
             None => {
                 return Err(QBenchError::Setup(format!(
@@ -165,11 +242,15 @@ pub fn run(
                 )));
             }
         }
-        let (stopped, _) = c.read(watch);
         let t0 = Instant::now();
+        ask(t0, stopped, true)?;
         q.quarantine(rel, "bench", "bench", None)?;
         req.push(t0.elapsed().as_secs_f64() * 1e3);
-        match c.until_grows(watch, stopped, |x| x.0, t0) {
+        match done_rx
+            .recv()
+            .map_err(|e| setup_err(e.to_string()))?
+            .map_err(setup_err)?
+        {
             Some(d) => lat.push(d.as_secs_f64() * 1e3),
             None => missed += 1,
         }
@@ -177,6 +258,8 @@ pub fn run(
         // Let the sender recover (a refused send is retried at once).
         std::thread::sleep(Duration::from_millis(5));
     }
+    drop(job_tx);
+    let _ = handle.join();
     Ok(QBenchResult {
         watch,
         runs,

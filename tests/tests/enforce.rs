@@ -49,7 +49,10 @@ fn tg(cfg: &Path, pins: &Path, state: &Path, args: &[&str]) -> String {
         "tollgate {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    eprintln!("tollgate {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "tollgate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -140,7 +143,10 @@ fn all_counters(ns: &Netns) -> (u64, u64, u64, u64) {
         else {
             continue;
         };
-        let (p, b) = (c["packets"].as_u64().unwrap_or(0), c["bytes"].as_u64().unwrap_or(0));
+        let (p, b) = (
+            c["packets"].as_u64().unwrap_or(0),
+            c["bytes"].as_u64().unwrap_or(0),
+        );
         match rule["comment"].as_str() {
             Some("out") => (r.0, r.1) = (p, b),
             Some("in") => (r.2, r.3) = (p, b),
@@ -151,7 +157,9 @@ fn all_counters(ns: &Netns) -> (u64, u64, u64, u64) {
 }
 
 fn mac(ns: &Netns, ifname: &str) -> String {
-    let out = ns.exec(&["ip", "-j", "link", "show", ifname]).expect("ip link");
+    let out = ns
+        .exec(&["ip", "-j", "link", "show", ifname])
+        .expect("ip link");
     let v: Value = serde_json::from_str(&out).expect("ip json");
     v[0]["address"].as_str().expect("mac").to_owned()
 }
@@ -168,8 +176,15 @@ fn quiet_pod_link(topo: &Topology, pod: &Pod, router_if: &str) {
     let gw = format!("198.18.{}.1", pod.v4.octets()[2]);
     pod.netns
         .ip([
-            "neigh", "replace", &gw, "lladdr", &mac(&topo.router, router_if), "dev", "eth0",
-            "nud", "permanent",
+            "neigh",
+            "replace",
+            &gw,
+            "lladdr",
+            &mac(&topo.router, router_if),
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
         ])
         .expect("neigh");
     topo.router
@@ -244,21 +259,33 @@ fn tc_counts_exactly_and_cuts_off_a_vm_sandbox() {
     install_all_counters(&a.netns);
     nft::install(&topo.internet().netns, &[Peer::addr(IpAddr::V4(a.v4))]).expect("nft");
     let before = wait_iface(pins.path(), "p1", |_| true);
-    assert!(agent.log().contains("tc programs attached"), "{}", agent.log());
+    assert!(
+        agent.log().contains("tc programs attached"),
+        "{}",
+        agent.log()
+    );
     let to = SocketAddr::new(IpAddr::V4(topo.internet().v4), 9).to_string();
     let send = |count: &str| {
         outside_cgroup(
             &vm,
             &a.netns,
-            &[TRAFFIC, "udp-send", "--to", &to, "--count", count, "--size", "100"],
+            &[
+                TRAFFIC, "udp-send", "--to", &to, "--count", count, "--size", "100",
+            ],
         )
     };
     let (o0, ob0, i0, ib0) = all_counters(&a.netns);
     run_ok(send("50"), "udp-send from the VM workload");
     let (o1, ob1, i1, ib1) = all_counters(&a.netns);
     assert!(o1 - o0 >= 50, "nft saw the 50 datagrams");
-    let b = (n(&before, "pod_egress", "packets"), n(&before, "pod_egress", "bytes"));
-    let bi = (n(&before, "pod_ingress", "packets"), n(&before, "pod_ingress", "bytes"));
+    let b = (
+        n(&before, "pod_egress", "packets"),
+        n(&before, "pod_egress", "bytes"),
+    );
+    let bi = (
+        n(&before, "pod_ingress", "packets"),
+        n(&before, "pod_ingress", "bytes"),
+    );
     let got = wait_iface(pins.path(), "p1", |v| {
         n(v, "pod_egress", "packets") - b.0 >= o1 - o0
             && n(v, "pod_ingress", "packets") - bi.0 >= i1 - i0
@@ -276,8 +303,16 @@ fn tc_counts_exactly_and_cuts_off_a_vm_sandbox() {
         (o1 - o0, ob1 - ob0),
         (i1 - i0, ib1 - ib0)
     );
-    assert_eq!(eg, (o1 - o0, ob1 - ob0), "egress packets and L3 bytes exact");
-    assert_eq!(ing, (i1 - i0, ib1 - ib0), "ingress packets and L3 bytes exact");
+    assert_eq!(
+        eg,
+        (o1 - o0, ob1 - ob0),
+        "egress packets and L3 bytes exact"
+    );
+    assert_eq!(
+        ing,
+        (i1 - i0, ib1 - ib0),
+        "ingress packets and L3 bytes exact"
+    );
 
     let rel = a.cgroup.rel_path();
     tg(
@@ -291,7 +326,10 @@ fn tc_counts_exactly_and_cuts_off_a_vm_sandbox() {
         .ingress(Peer::addr(IpAddr::V4(a.v4)));
     let (o2, ob2, _, _) = all_counters(&a.netns);
     // Not in the quarantined cgroup: the cgroup hooks let the send through.
-    run_ok(send("20"), "udp-send from the VM workload while quarantined");
+    run_ok(
+        send("20"),
+        "udp-send from the VM workload while quarantined",
+    );
     let (o3, ob3, _, _) = all_counters(&a.netns);
     assert_eq!(o3 - o2, 20, "the workload sent 20 datagrams");
     let q = wait_iface(pins.path(), "p1", |v| {
@@ -331,7 +369,11 @@ fn tc_counts_exactly_and_cuts_off_a_vm_sandbox() {
         .arg(pins.path())
         .output()
         .expect("detach runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!pins.path().join("v1/links/tc").exists());
     run_ok(send("5"), "udp-send after detach");
     let after = nft::read(&topo.internet().netns)
@@ -358,8 +400,21 @@ fn clsact_filters_survive_sigkill_and_detach_leaves_foreign_filters() {
         }
         topo.router
             .exec(&[
-                "tc", "filter", "add", "dev", "p1", dir, "prio", "100", "handle", "1",
-                "protocol", "all", "bpf", "bytecode", "1,6 0 0 0,",
+                "tc",
+                "filter",
+                "add",
+                "dev",
+                "p1",
+                dir,
+                "prio",
+                "100",
+                "handle",
+                "1",
+                "protocol",
+                "all",
+                "bpf",
+                "bytecode",
+                "1,6 0 0 0,",
             ])
             .expect("foreign filter");
     }
@@ -372,7 +427,10 @@ fn clsact_filters_survive_sigkill_and_detach_leaves_foreign_filters() {
     wait_iface(pins.path(), "p1", |_| true);
     for dir in ["ingress", "egress"] {
         let f = filters(&topo.router, "p1", dir);
-        assert!(f.contains("pref 7 bpf") && f.contains("tg_tc_"), "ours on {dir}: {f}");
+        assert!(
+            f.contains("pref 7 bpf") && f.contains("tg_tc_"),
+            "ours on {dir}: {f}"
+        );
         assert!(f.contains("pref 100 bpf"), "foreign kept on {dir}: {f}");
     }
     let to = SocketAddr::new(IpAddr::V4(topo.internet().v4), 9).to_string();
@@ -380,7 +438,9 @@ fn clsact_filters_survive_sigkill_and_detach_leaves_foreign_filters() {
         outside_cgroup(
             &vm,
             &a.netns,
-            &[TRAFFIC, "udp-send", "--to", &to, "--count", count, "--size", "64"],
+            &[
+                TRAFFIC, "udp-send", "--to", &to, "--count", count, "--size", "64",
+            ],
         )
     };
     let received = || {
@@ -395,7 +455,13 @@ fn clsact_filters_survive_sigkill_and_detach_leaves_foreign_filters() {
         &setup.config_file,
         pins.path(),
         &setup.state,
-        &["quarantine", "--cgroup", &a.cgroup.rel_path(), "--reason", "clsact"],
+        &[
+            "quarantine",
+            "--cgroup",
+            &a.cgroup.rel_path(),
+            "--reason",
+            "clsact",
+        ],
     );
     run_ok(send("3"), "send while quarantined");
     assert_eq!(received(), 3, "dropped by our clsact filter");
@@ -419,11 +485,18 @@ fn clsact_filters_survive_sigkill_and_detach_leaves_foreign_filters() {
         .arg(pins.path())
         .output()
         .expect("detach runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for dir in ["ingress", "egress"] {
         let f = filters(&topo.router, "p1", dir);
         assert!(!f.contains("tg_tc_"), "ours gone from {dir}: {f}");
-        assert!(f.contains("pref 100 bpf"), "foreign untouched on {dir}: {f}");
+        assert!(
+            f.contains("pref 100 bpf"),
+            "foreign untouched on {dir}: {f}"
+        );
     }
     run_ok(send("3"), "send after detach");
     assert_eq!(received(), 6, "traffic flows again");
@@ -466,7 +539,13 @@ fn tcp_stream_stops_within_a_round_trip() {
         &setup.config_file,
         pins.path(),
         &setup.state,
-        &["quarantine", "--cgroup", &a.cgroup.rel_path(), "--reason", "stream"],
+        &[
+            "quarantine",
+            "--cgroup",
+            &a.cgroup.rel_path(),
+            "--reason",
+            "stream",
+        ],
     );
     let cmd_ms = t0.elapsed().as_secs_f64() * 1e3;
     let at_cut = received();
@@ -479,7 +558,10 @@ fn tcp_stream_stops_within_a_round_trip() {
         after_20ms - at_cut,
         after_1s - after_20ms
     );
-    assert_eq!(after_1s, after_20ms, "nothing arrives once a round trip has passed");
+    assert_eq!(
+        after_1s, after_20ms,
+        "nothing arrives once a round trip has passed"
+    );
     let row = wait_iface(pins.path(), "p1", |v| n(v, "dropped_egress", "packets") > 0);
     assert!(row["quarantined"] == true);
     let _ = stream.kill();
@@ -508,7 +590,9 @@ fn deny_policy_class_reaches_only_its_allowlist() {
     let allowed = SocketAddr::new(IpAddr::V4(svc), 9700).to_string();
     // The pod's first datagram makes the agent see (and classify) it.
     run_ok(
-        a.command(&[TRAFFIC, "udp-send", "--to", &allowed, "--count", "1", "--size", "8"]),
+        a.command(&[
+            TRAFFIC, "udp-send", "--to", &allowed, "--count", "1", "--size", "8",
+        ]),
         "allowed udp",
     );
     let id = a.cgroup.id();
@@ -536,7 +620,11 @@ fn deny_policy_class_reaches_only_its_allowlist() {
         "allowed tcp",
     );
     let got = sink.finish(WAIT).expect("sink finishes");
-    assert!(got.stdout.contains("10000"), "sink got it all: {} / {out}", got.stdout);
+    assert!(
+        got.stdout.contains("10000"),
+        "sink got it all: {} / {out}",
+        got.stdout
+    );
 
     let eperm = |to: &str, proto: &str| {
         let out = a
@@ -580,7 +668,12 @@ fn deny_policy_class_reaches_only_its_allowlist() {
         v["denied"]
             .as_array()?
             .iter()
-            .find(|d| d["cgroup_id"] == id && d["addr"] == addr && d["port"] == port && d["proto"] == proto)
+            .find(|d| {
+                d["cgroup_id"] == id
+                    && d["addr"] == addr
+                    && d["port"] == port
+                    && d["proto"] == proto
+            })
             .cloned()
     };
     let inet_s = inet.to_string();
@@ -590,8 +683,7 @@ fn deny_policy_class_reaches_only_its_allowlist() {
         let Ok(v) = top_json(pins.path()) else {
             return false;
         };
-        let ok = denied(&v, &inet_s, 0, "icmp")
-            .is_some_and(|d| d["dropped"]["packets"] == 3);
+        let ok = denied(&v, &inet_s, 0, "icmp").is_some_and(|d| d["dropped"]["packets"] == 3);
         last = v;
         ok
     });
@@ -603,7 +695,11 @@ fn deny_policy_class_reaches_only_its_allowlist() {
     assert_eq!(d["calls"], 1, "{d}");
     let d = denied(&last, &inet_s, 0, "icmp").expect("raw icmp reported");
     assert_eq!(d["dropped"]["packets"], 3, "{d}");
-    assert_eq!(d["dropped"]["bytes"], 3 * 28, "20-byte IP + 8-byte ICMP each: {d}");
+    assert_eq!(
+        d["dropped"]["bytes"],
+        3 * 28,
+        "20-byte IP + 8-byte ICMP each: {d}"
+    );
     let row = last["cgroups"]
         .as_array()
         .into_iter()

@@ -11,8 +11,7 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use tollgate_ebpf::{
-    ByteCount, DeniedStats, MAX_ALLOW_PORTS, MAX_CGROUP_DEPTH, POLICY_ID_BITS, PeerKey,
-    PolicyAddr,
+    ByteCount, DeniedStats, MAX_ALLOW_PORTS, MAX_CGROUP_DEPTH, POLICY_ID_BITS, PeerKey, PolicyAddr,
 };
 
 use super::{
@@ -79,7 +78,10 @@ pub fn allowed(policy: u32, addr: &[u8; 16], port: u16, proto: u8) -> bool {
     if a.count == 0 {
         return true;
     }
-    if !matches!(proto, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE) {
+    if !matches!(
+        proto,
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE
+    ) {
         return false;
     }
     for i in 0..MAX_ALLOW_PORTS {

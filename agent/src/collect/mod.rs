@@ -4,11 +4,11 @@
 mod snapshot;
 mod window;
 
+pub use snapshot::DeniedRow;
 pub use snapshot::{
     CgroupRow, Counts, Destination, DirCounts, EventRow, IoCounts, Rates, Snapshot, StorageSummary,
     StorageUse, WatchedMount,
 };
-pub use snapshot::DeniedRow;
 pub use window::{Features, PeerWindow, WindowSample};
 
 use std::{

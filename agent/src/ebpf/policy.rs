@@ -66,9 +66,7 @@ impl PolicyMaps {
                     && w.data().addr == k.data().addr
             });
             if !keep {
-                self.allow
-                    .remove(&k)
-                    .map_err(map_err(map::POLICY_ALLOW))?;
+                self.allow.remove(&k).map_err(map_err(map::POLICY_ALLOW))?;
             }
         }
         Ok(())

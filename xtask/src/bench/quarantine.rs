@@ -76,8 +76,12 @@ impl World {
             ip(&["-n", n, "link", "set", "lo", "up"])?;
         }
         let (r, p, i) = (&ns[0], &ns[1], &ns[2]);
-        ip(&["-n", r, "link", "add", "qbpod", "type", "veth", "peer", "name", "eth0", "netns", p])?;
-        ip(&["-n", r, "link", "add", "qbinet", "type", "veth", "peer", "name", "eth0", "netns", i])?;
+        ip(&[
+            "-n", r, "link", "add", "qbpod", "type", "veth", "peer", "name", "eth0", "netns", p,
+        ])?;
+        ip(&[
+            "-n", r, "link", "add", "qbinet", "type", "veth", "peer", "name", "eth0", "netns", i,
+        ])?;
         ip(&["-n", r, "addr", "add", "198.18.1.1/24", "dev", "qbpod"])?;
         ip(&["-n", r, "addr", "add", "203.0.113.254/24", "dev", "qbinet"])?;
         ip(&["-n", p, "addr", "add", "198.18.1.2/24", "dev", "eth0"])?;
@@ -88,7 +92,12 @@ impl World {
         ip(&["-n", p, "route", "add", "default", "via", "198.18.1.1"])?;
         ip(&["-n", i, "route", "add", "default", "via", "203.0.113.254"])?;
         cmd::check(Command::new("ip").args([
-            "netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1",
+            "netns",
+            "exec",
+            r,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
         ]))?;
         for sub in ["pod", "vm"] {
             std::fs::create_dir_all(w.cgroup_root.join(sub))
@@ -128,7 +137,8 @@ impl World {
     }
 
     fn host_ifindex(&self) -> Result<u32> {
-        let out = output(Command::new("ip").args(["-n", self.router(), "-j", "link", "show", "qbpod"]))?;
+        let out =
+            output(Command::new("ip").args(["-n", self.router(), "-j", "link", "show", "qbpod"]))?;
         let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
         v[0]["ifindex"]
             .as_u64()
@@ -191,7 +201,9 @@ pub fn run(args: &QuarantineArgs) -> Result<()> {
     ensure_root()?;
     setup::run()?;
     let bin = match &args.bin {
-        Some(b) => b.canonicalize().with_context(|| format!("--bin {}", b.display()))?,
+        Some(b) => b
+            .canonicalize()
+            .with_context(|| format!("--bin {}", b.display()))?,
         None => cmd::build_agent()?,
     };
     if Path::new(PIN_DIR).exists() {
@@ -216,21 +228,31 @@ pub fn run(args: &QuarantineArgs) -> Result<()> {
     let mut waited = 0;
     while !pin.exists() {
         if waited > 300 {
-            bail!("the agent did not attach tc to the pod's veth within 30 s; log:\n{}", agent.log());
+            bail!(
+                "the agent did not attach tc to the pod's veth within 30 s; log:\n{}",
+                agent.log()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
         waited += 1;
     }
     let rel = format!(
         "/{}/pod",
-        world.cgroup_root.file_name().unwrap_or_default().to_string_lossy()
+        world
+            .cgroup_root
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
     );
     let mut rows = Vec::new();
     for (watch, sub) in [("cgroup", "pod"), ("tc", "vm")] {
         let sender = world.sender(sub)?;
         world.children.push(sender);
         std::thread::sleep(Duration::from_millis(500));
-        eprintln!("bench: {} runs, sender in the {sub} cgroup, watching the {watch} counters", args.runs);
+        eprintln!(
+            "bench: {} runs, sender in the {sub} cgroup, watching the {watch} counters",
+            args.runs
+        );
         let out = output(Command::new(&bin).args([
             "bench-quarantine",
             "--config",
