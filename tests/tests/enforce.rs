@@ -16,6 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use aya::programs::{SchedClassifier, TcAttachType};
 use serde_json::Value;
 use tollgate_tests::{
     agent::{Agent, TestPinDir, tollgate_bin, top_json},
@@ -361,6 +362,40 @@ fn tc_counts_exactly_and_cuts_off_a_vm_sandbox() {
         at_cut,
         "the pinned tcx links keep dropping with no agent"
     );
+    // A restart swaps its programs into the pinned links: still one of
+    // ours per direction, still dropping.
+    let agent2 = Agent::start(pins.path(), &setup.config).expect("agent restarts");
+    wait_iface(pins.path(), "p1", |v| v["quarantined"] == true);
+    for (kind, name) in [
+        (TcAttachType::Ingress, "tg_tc_from_pod"),
+        (TcAttachType::Egress, "tg_tc_to_pod"),
+    ] {
+        let router = Path::new("/run/netns").join(topo.router.name());
+        let names: Vec<String> = tollgate::netdev::in_netns(&router, || {
+            SchedClassifier::query_tcx("p1", kind).map(|(_, progs)| {
+                progs
+                    .iter()
+                    .map(|p| p.name_as_str().unwrap_or("?").to_owned())
+                    .collect()
+            })
+        })
+        .expect("setns")
+        .expect("query tcx");
+        assert_eq!(
+            names.iter().filter(|n| n.as_str() == name).count(),
+            1,
+            "one {name} on p1: {names:?}"
+        );
+    }
+    run_ok(send("5"), "udp-send after the restart");
+    assert_eq!(
+        nft::read(&topo.internet().netns)
+            .expect("nft")
+            .ingress(Peer::addr(IpAddr::V4(a.v4))),
+        at_cut,
+        "still dropped after the restart"
+    );
+    drop(agent2);
 
     let out = Command::new(tollgate_bin())
         .args(["detach", "--config"])

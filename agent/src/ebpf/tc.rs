@@ -313,3 +313,20 @@ impl IfMaps {
         let _ = self.quarantine.remove(&ifindex);
     }
 }
+
+impl Dataplane {
+    /// The tc program for frames from the pod (`true`) or to it, for
+    /// BPF_PROG_TEST_RUN.
+    pub fn tc_program(&self, from_pod: bool) -> Result<&SchedClassifier> {
+        let name = if from_pod {
+            prog::TC_FROM_POD
+        } else {
+            prog::TC_TO_POD
+        };
+        self.ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram { name })?
+            .try_into()
+            .map_err(prog_err(name))
+    }
+}
