@@ -746,3 +746,43 @@ fn deny_policy_class_reaches_only_its_allowlist() {
     assert_eq!(row["policy_denied_calls"], 3, "{row}");
     assert_eq!(row["policy_dropped"]["packets"], 3, "{row}");
 }
+
+/// A pod interface that disappears is cleaned up: its tcx link pins and
+/// its counters go, and it leaves the snapshot.
+#[test]
+fn removed_interfaces_are_cleaned_up() {
+    privileged!();
+    let topo = Topology::builder().pods(1).build().expect("topology");
+    let a = topo.pod(0);
+    let setup = Setup::new(&topo.router, "");
+    let pins = TestPinDir::new().expect("pin dir");
+    let agent = Agent::start(pins.path(), &setup.config).expect("agent starts");
+    let mut sandbox = sandbox_process(a);
+    let row = wait_iface(pins.path(), "p1", |_| true);
+    let ifindex = row["ifindex"].as_u64().expect("ifindex");
+    let pin = pins.path().join(format!("v1/links/tc/{ifindex}_from"));
+    cmd::wait_until("tcx link pinned", WAIT, || pin.exists()).expect("pinned");
+    topo.router
+        .ip(["link", "del", "p1"])
+        .expect("deleting the pod's veth");
+    let gone = cmd::wait_until("cleanup", WAIT, || {
+        !pin.exists()
+            && !pins
+                .path()
+                .join(format!("v1/links/tc/{ifindex}_to"))
+                .exists()
+            && iface(pins.path(), "p1").is_none()
+    });
+    assert!(
+        gone.is_ok(),
+        "pins and snapshot row gone; log:\n{}",
+        agent.log()
+    );
+    assert!(
+        agent.log().contains("pod interfaces removed"),
+        "{}",
+        agent.log()
+    );
+    let _ = sandbox.kill();
+    let _ = sandbox.wait();
+}
