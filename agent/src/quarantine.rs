@@ -366,7 +366,11 @@ impl Quarantine {
     }
 
     fn save(&self) -> Result<(), QuarantineError> {
-        let tmp = self.state.with_extension("json.tmp");
+        // Per-process temporary name: the agent and the CLI both write the
+        // file, and a shared name lets one rename the other's file away.
+        let tmp = self
+            .state
+            .with_extension(format!("json.tmp.{}", std::process::id()));
         let io = |what, path: &Path| {
             let path = path.to_owned();
             move |source| QuarantineError::Io { what, path, source }
