@@ -43,6 +43,12 @@ pub const ABI_VERSION: u32 = 1;
 /// | `TG_STRATUM_EV` | RINGBUF | [`StratumEvent`] records | cgroup_skb egress (TCP stream starts) | collector | 64 KiB | event dropped, [`Counter::StratumEventDrops`] and the cgroup's `stratum_dropped` += 1 (the marker is still counted) |
 /// | `TG_JUMP` | PROG_ARRAY[2] | [`JUMP_DNS`], [`JUMP_STRATUM`] -> program | agent at load | cgroup_skb egress (tail call) | 2 | fixed. Pinned so the slots outlive the agent (the kernel empties a program array when its last user reference closes) |
 /// | `TG_SCRATCH` | PERCPU_ARRAY[1] | 0 -> [`Scratch`] | cgroup_skb egress (TCP stream starts) | nobody | 1 | fixed; not pinned |
+/// | `TG_IF_STATS` | PERCPU_HASH | host-side interface ifindex (u32) -> [`IfStats`] | tc ingress/egress | collector (batch lookup) | 4096 | not counted, [`Counter::IfStatsFull`] += 1 |
+/// | `TG_IF_QUAR` | HASH | host-side interface ifindex (u32) -> [`IfQuarantine`] | `tollgate quarantine` / agent | tc ingress/egress (drop) | 4096 | the request fails with a clear error; the cgroup hooks still enforce |
+/// | `TG_POL_CG` | HASH | cgroup id (u64, the pod's or any ancestor) -> egress policy id (u32) | agent every tick, from the classes' `egress` config | cgroup_skb egress, connect/sendmsg (ancestor walk) | 16384 | agent logs the cgroups it could not cover |
+/// | `TG_POL_GATE` | ARRAY[1] | 0 -> number of entries in `TG_POL_CG` (u32) | agent | same readers, first: 0 skips the walk | 1 | fixed |
+/// | `TG_POL_ALLOW` | LPM_TRIE | [`PolicyAddr`] (policy id, then address) -> [`AllowPorts`] | agent at start / config change | same readers | 4096 | agent refuses the config |
+/// | `TG_DENIED` | LRU_HASH | [`PeerKey`] (cgroup, destination) -> [`DeniedStats`] | cgroup_skb egress, connect/sendmsg (policy denials) | collector | 16384 | least recently denied destination forgotten (its per-cgroup sum drops with it) |
 /// | `TG_ST_PENDING` | HASH | pid_tgid (u64) -> [`PendingIo`] | sys_enter (watched fds only) | sys_exit (lookup + delete) | 16384 (threads inside a watched read/write at once) | call not counted, [`Counter::StoragePendingFull`] += 1. A plain hash, not an LRU: the LRU's per-CPU free lists evict live entries under churn (measured: 0.5% of 100k tight-loop writes lost) |
 pub mod map {
     pub const CGROUP_STATS: &str = "TG_CG_STATS";
@@ -61,9 +67,15 @@ pub mod map {
     pub const DNS_RATE: &str = "TG_DNS_RATE";
     pub const STRATUM_EVENTS: &str = "TG_STRATUM_EV";
     pub const JUMP: &str = "TG_JUMP";
+    pub const IF_STATS: &str = "TG_IF_STATS";
+    pub const IF_QUARANTINE: &str = "TG_IF_QUAR";
+    pub const POLICY_CGROUPS: &str = "TG_POL_CG";
+    pub const POLICY_GATE: &str = "TG_POL_GATE";
+    pub const POLICY_ALLOW: &str = "TG_POL_ALLOW";
+    pub const DENIED: &str = "TG_DENIED";
 
     /// Every map the agent pins, for pin management and `tollgate check`.
-    pub const ALL: [&str; 16] = [
+    pub const ALL: [&str; 22] = [
         CGROUP_STATS,
         FLOWS,
         CIDRS,
@@ -80,6 +92,12 @@ pub mod map {
         DNS_RATE,
         STRATUM_EVENTS,
         JUMP,
+        IF_STATS,
+        IF_QUARANTINE,
+        POLICY_CGROUPS,
+        POLICY_GATE,
+        POLICY_ALLOW,
+        DENIED,
     ];
 
     pub const DEFAULT_CGROUP_STATS_ENTRIES: u32 = 4096;
@@ -95,6 +113,10 @@ pub mod map {
     pub const DEFAULT_DNS_EVENTS_BYTES: u32 = 256 * 1024;
     pub const DEFAULT_DNS_RATE_ENTRIES: u32 = 16384;
     pub const DEFAULT_STRATUM_EVENTS_BYTES: u32 = 64 * 1024;
+    pub const DEFAULT_IF_ENTRIES: u32 = 4096;
+    pub const DEFAULT_POLICY_CGROUP_ENTRIES: u32 = 16384;
+    pub const DEFAULT_POLICY_ALLOW_ENTRIES: u32 = 4096;
+    pub const DEFAULT_DENIED_ENTRIES: u32 = 16384;
 }
 
 /// Program (function) names in the object file.
@@ -117,6 +139,10 @@ pub mod prog {
     pub const SYS_ENTER: &str = "tg_sys_enter";
     /// Raw tracepoint `sys_exit`: counts their results.
     pub const SYS_EXIT: &str = "tg_sys_exit";
+    /// tc on a pod's host-side interface, host ingress: what the pod sends.
+    pub const TC_FROM_POD: &str = "tg_tc_from_pod";
+    /// tc on a pod's host-side interface, host egress: what the pod receives.
+    pub const TC_TO_POD: &str = "tg_tc_to_pod";
 }
 
 /// Key of `TG_CG_STATS` under which cgroups are counted once the map is full.
@@ -164,7 +190,8 @@ pub struct CgroupStats {
     /// Packets dropped because the cgroup (or an ancestor) is quarantined;
     /// not counted in `egress`/`ingress`.
     pub quarantine_dropped: ByteCount,
-    /// connect()/sendmsg() calls refused (EPERM) by quarantine.
+    /// connect()/sendmsg() calls refused (EPERM) by quarantine or by the
+    /// class's egress policy (details per destination in `TG_DENIED`).
     pub connects_denied: u64,
     /// DNS queries sent: egress UDP or TCP packets to port 53 whose DNS
     /// header is a standard query (QR 0, opcode 0, one question, no
@@ -337,10 +364,12 @@ pub enum Counter {
     /// Packets that should have been inspected for DNS or stratum but
     /// whose tail call failed (empty `TG_JUMP` slot): not inspected.
     SignalJumpFailed = 15,
+    /// Frames on pod interfaces not counted because `TG_IF_STATS` was full.
+    IfStatsFull = 16,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 16] = [
+    pub const ALL: [Counter; 17] = [
         Counter::RingbufDrops,
         Counter::FlowsCreated,
         Counter::FlowCreateFailed,
@@ -357,6 +386,7 @@ impl Counter {
         Counter::StratumMarkers,
         Counter::StratumEventDrops,
         Counter::SignalJumpFailed,
+        Counter::IfStatsFull,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -377,12 +407,13 @@ impl Counter {
             Counter::StratumMarkers => "stratum_markers",
             Counter::StratumEventDrops => "stratum_event_drops",
             Counter::SignalJumpFailed => "signal_jump_failed",
+            Counter::IfStatsFull => "if_stats_full",
         }
     }
 }
 
 /// Size of `TG_COUNTERS`; room to grow without an ABI bump.
-pub const COUNTER_SLOTS: u32 = 16;
+pub const COUNTER_SLOTS: u32 = 32;
 const _: () = assert!(Counter::ALL.len() as u32 <= COUNTER_SLOTS);
 
 /// Direction of a storage key: bytes the cgroup wrote to the file system.
@@ -661,3 +692,96 @@ pub struct Scratch {
     pub buf: [u8; STRATUM_PREFIX + 32],
 }
 const _: () = assert!(core::mem::size_of::<Scratch>() == 288);
+/// Value of `TG_IF_STATS` (per CPU; userspace sums the CPUs): traffic of
+/// one pod interface as the tc programs on its host-side end see it, named
+/// from the pod's side. Bytes are L3 bytes (frame length minus the 14-byte
+/// Ethernet header) of IPv4/IPv6 frames, comparable with the cgroup
+/// counters; a GSO super-packet counts as one packet.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfStats {
+    /// Sent by the pod (tc ingress of the host-side end).
+    pub pod_egress: ByteCount,
+    /// Received by the pod (tc egress of the host-side end).
+    pub pod_ingress: ByteCount,
+    /// Frames from the pod dropped because the interface is quarantined
+    /// (any protocol; not in `pod_egress`).
+    pub dropped_egress: ByteCount,
+    /// Frames to the pod dropped because the interface is quarantined.
+    pub dropped_ingress: ByteCount,
+    /// Non-IP frames (ARP, ...) passed, either direction: packets only.
+    pub other_frames: u64,
+    pub _reserved: u64,
+}
+const _: () = assert!(core::mem::size_of::<IfStats>() == 80);
+
+/// Value of `TG_IF_QUAR`: a quarantined pod interface.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IfQuarantine {
+    /// The quarantined cgroup whose pod owns the interface.
+    pub cgroup_id: u64,
+    /// Unix seconds when the quarantine began.
+    pub since_unix: u64,
+}
+const _: () = assert!(core::mem::size_of::<IfQuarantine>() == 16);
+
+/// Ethernet header length: tc sees frames, the counters hold L3 bytes.
+pub const ETH_HLEN: u32 = 14;
+
+/// Data part of a `TG_POL_ALLOW` key (the kernel prepends the prefix
+/// length): the policy id (big endian, always matched in full: prefix
+/// length = 32 + the address prefix) then the address, IPv4 as
+/// IPv4-mapped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyAddr {
+    pub policy: [u8; 4],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<PolicyAddr>() == 20);
+
+/// Prefix bits of the policy id in a [`PolicyAddr`] key.
+pub const POLICY_ID_BITS: u32 = 32;
+
+/// Inclusive destination port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRange {
+    pub lo: u16,
+    pub hi: u16,
+}
+const _: () = assert!(core::mem::size_of::<PortRange>() == 4);
+
+/// Most port ranges per allowlist entry.
+pub const MAX_ALLOW_PORTS: usize = 8;
+
+/// Value of `TG_POL_ALLOW`: what the longest matching prefix allows.
+/// `count == 0`: every port and protocol. Otherwise only TCP/UDP/SCTP/
+/// UDP-Lite destinations whose port is in one of the first `count`
+/// ranges. The agent folds the ports of shorter covering prefixes into
+/// each entry, because the trie returns only the longest match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AllowPorts {
+    pub ranges: [PortRange; MAX_ALLOW_PORTS],
+    pub count: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<AllowPorts>() == 40);
+
+/// Value of `TG_DENIED`: what an egress policy refused for one (cgroup,
+/// destination address, port, protocol).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeniedStats {
+    /// connect()/sendmsg() calls refused with EPERM.
+    pub calls: u64,
+    /// Packets dropped in cgroup_skb egress (raw and ICMP sockets,
+    /// sockets connected before the policy applied).
+    pub dropped: ByteCount,
+    /// CLOCK_MONOTONIC_COARSE nanoseconds.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<DeniedStats>() == 40);

@@ -6,9 +6,10 @@ use core::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
-    ByteCount, CgroupStats, CidrInfo, ConnEvent, DnsEvent, DnsRate, FAMILY_V4, FlowStats, IoCount,
-    KernelOffsets, LpmAddr, PeerKey, PendingIo, QuarantineEntry, ScopeCounts, Scratch,
-    SignalConfig, StorageKey, StratumEvent,
+    AllowPorts, ByteCount, CgroupStats, CidrInfo, ConnEvent, DeniedStats, DnsEvent, DnsRate,
+    FAMILY_V4, FlowStats, IfQuarantine, IfStats, IoCount, KernelOffsets, LpmAddr, PeerKey,
+    PendingIo, PolicyAddr, PortRange, QuarantineEntry, ScopeCounts, Scratch, SignalConfig,
+    StorageKey, StratumEvent,
 };
 
 macro_rules! pod {
@@ -37,8 +38,24 @@ pod!(
     DnsRate,
     StratumEvent,
     SignalConfig,
-    Scratch
+    Scratch,
+    IfStats,
+    IfQuarantine,
+    PolicyAddr,
+    PortRange,
+    AllowPorts,
+    DeniedStats
 );
+
+impl core::ops::AddAssign for IfStats {
+    fn add_assign(&mut self, o: Self) {
+        self.pod_egress += o.pod_egress;
+        self.pod_ingress += o.pod_ingress;
+        self.dropped_egress += o.dropped_egress;
+        self.dropped_ingress += o.dropped_ingress;
+        self.other_frames = self.other_frames.wrapping_add(o.other_frames);
+    }
+}
 
 impl core::ops::AddAssign for IoCount {
     fn add_assign(&mut self, o: Self) {

@@ -57,6 +57,8 @@ pub struct Config {
     pub classes: ClassConfig,
     pub detect: crate::detect::DetectConfig,
     pub alerts: crate::respond::alerts::AlertsConfig,
+    /// `[tc]`: programs on pods' host-side interfaces.
+    pub tc: crate::podtc::TcConfig,
 }
 
 /// `[storage]`: per-pod bytes written to and read from shared file
@@ -413,6 +415,11 @@ impl Config {
                 ),
             });
         }
+        if let Err((key, value, why)) = self.tc.validate() {
+            return Err(ConfigError::Invalid { key, value, why });
+        }
+        let classifier = Classifier::new(&self.classes)?;
+        crate::egress::compile(&self.classes.egress, classifier.classes())?;
         if self.inventory.grace > Duration::from_secs(3600) {
             return Err(ConfigError::Invalid {
                 key: "inventory.grace",

@@ -14,8 +14,15 @@ pub mod detect;
 #[allow(unsafe_code)]
 pub mod ebpf;
 pub mod health;
+pub mod egress;
+pub mod enforce;
+pub mod enforce_metrics;
 pub mod inventory;
 pub mod metrics;
+pub mod netdev;
+pub mod podnet;
+pub mod podtc;
+pub mod qbench;
 pub mod quarantine;
 pub mod respond;
 pub mod run;

@@ -123,6 +123,22 @@ enum Cmd {
         #[arg(long)]
         pin_dir: PathBuf,
     },
+    /// Time quarantine requests to the first stopped packet (for `cargo xtask bench quarantine`).
+    #[command(hide = true)]
+    BenchQuarantine {
+        #[command(flatten)]
+        common: Common,
+        /// Cgroup of the sending pod, relative to the cgroup v2 mount.
+        #[arg(long)]
+        cgroup: String,
+        /// The pod's host-side interface index (for --watch tc).
+        #[arg(long, default_value_t = 0)]
+        ifindex: u32,
+        #[arg(long, value_enum)]
+        watch: tollgate::qbench::Watch,
+        #[arg(long, default_value_t = 100)]
+        runs: usize,
+    },
     /// Cut a cgroup off the network (standalone: --cgroup PATH relative to
     /// the cgroup v2 mount); `quarantine list` shows what is cut off.
     #[command(args_conflicts_with_subcommands = true)]
@@ -415,6 +431,19 @@ fn main() -> ExitCode {
         Cmd::BenchDrain { rounds, pin_dir } => {
             print_json(tollgate::bench::drain_bench(&PinDir::new(pin_dir), rounds))
         }
+        Cmd::BenchQuarantine {
+            common,
+            cgroup,
+            ifindex,
+            watch,
+            runs,
+        } => {
+            let cfg = match load_config(&common) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            print_json(tollgate::qbench::run(&cfg, &cgroup, ifindex, watch, runs))
+        }
         Cmd::Quarantine {
             list,
             common,
@@ -474,6 +503,10 @@ fn main() -> ExitCode {
                 Err(code) => return code,
             };
             let pins = PinDir::new(&cfg.agent.pin_dir);
+            match tollgate::podtc::detach_all(&cfg.tc) {
+                Ok(n) => eprintln!("removed {n} clsact filters"),
+                Err(e) => eprintln!("tollgate: removing clsact filters: {e}"),
+            }
             match tollgate::ebpf::remove_pins(&pins) {
                 Ok(()) => {
                     eprintln!("removed {}", pins.versioned().display());
@@ -596,7 +629,7 @@ fn open_quarantine(cfg: &Config) -> Result<tollgate::quarantine::Quarantine, Exi
         eprintln!("tollgate: {e}");
         ExitCode::from(EXIT_UNAVAILABLE)
     })?;
-    tollgate::quarantine::Quarantine::open(
+    let mut q = tollgate::quarantine::Quarantine::open(
         &PinDir::new(&cfg.agent.pin_dir),
         mount,
         &cfg.agent.state_dir,
@@ -604,7 +637,9 @@ fn open_quarantine(cfg: &Config) -> Result<tollgate::quarantine::Quarantine, Exi
     .map_err(|e| {
         eprintln!("tollgate: {}", chain(&e));
         ExitCode::FAILURE
-    })
+    })?;
+    q.set_host_netns(cfg.tc.host());
+    Ok(q)
 }
 
 /// Prints a command's result as JSON, or its error with causes.

@@ -186,7 +186,7 @@ impl Collector for PodCollector {
             ),
             (
                 "tollgate_pod_connections_denied",
-                "connect()/sendmsg() calls refused because the pod is quarantined",
+                "connect()/sendmsg() calls refused because the pod is quarantined or its class's egress policy denies the destination",
                 |r| r.connects_denied,
             ),
             (
@@ -311,6 +311,10 @@ impl Metrics {
             cgroups.clone(),
         );
         let exported_series = Arc::new(AtomicU64::new(0));
+        registry.register_collector(Box::new(crate::enforce_metrics::EnforceCollector {
+            rx: rx.clone(),
+            node: node.clone(),
+        }));
         registry.register_collector(Box::new(PodCollector {
             rx,
             node,
@@ -416,6 +420,8 @@ mod tests {
             stratum_hits: vec![],
             recent_dns_samples: vec![],
             recent_stratum_hits: vec![],
+            interfaces: Vec::new(),
+            denied: Vec::new(),
         }
     }
 

@@ -18,7 +18,11 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tollgate_ebpf::{QF_CONNECT, QF_NETWORK, QuarantineEntry};
 
-use crate::ebpf::{DataplaneError, PinDir, QuarantineMaps};
+use crate::{
+    ebpf::{DataplaneError, PinDir, QuarantineMaps, tc::IfMaps},
+    netdev::{self, HostNetns},
+    podnet,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QuarantineError {
@@ -68,6 +72,9 @@ pub struct Quarantine {
     state: PathBuf,
     audit: PathBuf,
     records: Vec<Record>,
+    /// Where pods' host-side interfaces live (`tc.netns`).
+    host: HostNetns,
+    ifmaps: IfMaps,
 }
 
 impl Quarantine {
@@ -96,7 +103,89 @@ impl Quarantine {
             audit: state_dir.join("audit.log"),
             state,
             records,
+            host: HostNetns::new(Path::new("")),
+            ifmaps: IfMaps::open(pins)?,
         })
+    }
+
+    /// Where pods' host-side interfaces live (`tc.netns`; default: the
+    /// caller's own namespace).
+    pub fn set_host_netns(&mut self, host: HostNetns) {
+        self.host = host;
+    }
+
+    /// Quarantines the host-side interfaces of the pods in cgroup `id`
+    /// (the tc drop, which also holds for workloads outside the cgroup,
+    /// e.g. VM sandboxes). Returns the ifindexes now quarantined for it.
+    fn quarantine_ifaces(&mut self, id: u64, rel: &str, since: u64) -> Vec<u32> {
+        let dir = self.cgroup_mount.join(rel.trim_start_matches('/'));
+        let found = self
+            .host
+            .run(netdev::links)
+            .and_then(|r| r)
+            .and_then(|links| podnet::host_ifaces(&dir, &self.host, &links));
+        let ifs = match found {
+            Ok(ifs) => ifs,
+            Err(e) => {
+                tracing::warn!(cgroup = rel, error = %e, "finding the pod's interfaces failed; the cgroup hooks still enforce");
+                return Vec::new();
+            }
+        };
+        let mut out = Vec::new();
+        for i in ifs {
+            let e = tollgate_ebpf::IfQuarantine {
+                cgroup_id: id,
+                since_unix: since,
+            };
+            match self.ifmaps.quarantine(i.ifindex, e) {
+                Ok(()) => out.push(i.ifindex),
+                Err(e) => {
+                    tracing::warn!(iface = %i.name, error = %e, "quarantining interface failed; the cgroup hooks still enforce")
+                }
+            }
+        }
+        out
+    }
+
+    /// Lifts the interface quarantines that belong to cgroup `id`.
+    fn release_ifaces(&mut self, id: u64) {
+        for (ifindex, e) in self.ifmaps.quarantined() {
+            if e.cgroup_id == id
+                && let Err(err) = self.ifmaps.release(ifindex)
+            {
+                tracing::warn!(ifindex, error = %err, "releasing interface failed");
+            }
+        }
+    }
+
+    /// Keeps the interface quarantines in line with the kernel's cgroup
+    /// quarantines (run every tick by the agent): interfaces of
+    /// quarantined pods that appeared since are added; entries whose
+    /// cgroup is no longer quarantined are removed. The kernel map, not
+    /// the state file, decides: the CLI writes the map first and the file
+    /// after, and a tick in between must not undo it.
+    pub fn sync_ifaces(&mut self) {
+        let kernel: Vec<u64> = self.maps.list().into_iter().map(|(id, _)| id).collect();
+        let records = self.records.clone();
+        for r in &records {
+            if r.path.starts_with('/') && kernel.contains(&r.cgroup_id) {
+                self.quarantine_ifaces(r.cgroup_id, &r.path, r.since_unix);
+            }
+        }
+        for (ifindex, e) in self.ifmaps.quarantined() {
+            if !kernel.contains(&e.cgroup_id) {
+                let _ = self.ifmaps.release(ifindex);
+            }
+        }
+    }
+
+    /// Interface ifindex -> the cgroup id it is quarantined for.
+    pub fn quarantined_ifaces(&self) -> Vec<(u32, u64)> {
+        self.ifmaps
+            .quarantined()
+            .into_iter()
+            .map(|(i, e)| (i, e.cgroup_id))
+            .collect()
     }
 
     pub fn records(&self) -> &[Record] {
@@ -134,6 +223,7 @@ impl Quarantine {
                 _pad: 0,
             },
         )?;
+        self.quarantine_ifaces(id, &rel, since);
         let rec = Record {
             cgroup_id: id,
             path: rel,
@@ -169,7 +259,11 @@ impl Quarantine {
                 })
             })
             .ok_or_else(|| QuarantineError::NotQuarantined(rel.clone()))?;
-        if !self.maps.remove(rec.cgroup_id)? && !self.records.iter().any(|r| r.path == rel) {
+        // Cgroup entry first: the agent lifts interface entries whose
+        // cgroup is no longer in the kernel map, never the other way round.
+        let removed = self.maps.remove(rec.cgroup_id)?;
+        self.release_ifaces(rec.cgroup_id);
+        if !removed && !self.records.iter().any(|r| r.path == rel) {
             return Err(QuarantineError::NotQuarantined(rel));
         }
         self.records.retain(|r| r.cgroup_id != rec.cgroup_id);
@@ -200,6 +294,7 @@ impl Quarantine {
         for r in &due {
             match self.maps.remove(r.cgroup_id) {
                 Ok(_) => {
+                    self.release_ifaces(r.cgroup_id);
                     self.records.retain(|x| x.cgroup_id != r.cgroup_id);
                     self.log("expire", r, "ttl passed", "agent");
                 }
@@ -271,7 +366,11 @@ impl Quarantine {
     }
 
     fn save(&self) -> Result<(), QuarantineError> {
-        let tmp = self.state.with_extension("json.tmp");
+        // Per-process temporary name: the agent and the CLI both write the
+        // file, and a shared name lets one rename the other's file away.
+        let tmp = self
+            .state
+            .with_extension(format!("json.tmp.{}", std::process::id()));
         let io = |what, path: &Path| {
             let path = path.to_owned();
             move |source| QuarantineError::Io { what, path, source }

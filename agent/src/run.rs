@@ -45,6 +45,8 @@ pub enum RunError {
     Alerts(#[from] crate::respond::alerts::ClientError),
     #[error(transparent)]
     Caps(#[from] crate::caps::CapsError),
+    #[error(transparent)]
+    Enforce(#[from] crate::enforce::EnforceError),
 }
 
 /// Options of `tollgate run` beyond the config file.
@@ -91,6 +93,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     };
     let mut quarantine = match Quarantine::open(&pins, mount.clone(), &cfg.agent.state_dir) {
         Ok(mut q) => {
+            q.set_host_netns(cfg.tc.host());
             if let Err(e) = q.reconcile() {
                 tracing::warn!(error = %e, "reconciling quarantines failed; kernel entries stay in force");
             }
@@ -101,6 +104,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             None
         }
     };
+    let mut enforcer = crate::enforce::Enforcer::new(&cfg, &pins, mount.clone())?;
     let mut collector = Collector::open(&pins, inventory, cfg.storage.mountinfo.clone())?;
     collector.delete_forgotten(true);
     let rules = WatchRules::new(&cfg.storage.watch_fstypes, &cfg.storage.watch_paths);
@@ -122,6 +126,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         tick = ?cfg.agent.tick,
         drain = ?collector.mode(),
         storage = %dp.storage,
+        tc = ?enforcer.tc_mode(),
         socket = %opts.socket.display(),
         "tollgate running"
     );
@@ -180,7 +185,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                     sync_storage(&mut dp, &rules, collector.mounts());
                 }
                 match res {
-                    Ok(snap) => {
+                    Ok(mut snap) => {
+                        enforcer.tick(&mut dp, &mut snap, quarantine.as_mut());
                         metrics.observe_tick(started.elapsed(), snap.cgroups.len());
                         if health.stats_enabled() {
                             *health.programs.lock().expect("lock") = dp.program_stats();

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 
+mod quarantine;
 mod scale;
 mod storage;
 mod traffic;
@@ -33,6 +34,9 @@ pub enum Bench {
     /// Storage tracepoints: ns per write() to /dev/null and to a watched
     /// FUSE mount, without and with the agent attached.
     Storage(storage::StorageArgs),
+    /// Quarantine latency: request -> first stopped packet, p50/p99 over
+    /// 100 runs, cgroup path and tc path (target p99 <= 10 ms).
+    Quarantine(quarantine::QuarantineArgs),
 }
 
 #[derive(Args)]
@@ -66,6 +70,7 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Dataplane(args) => dataplane(&args),
         Bench::Scale(args) => scale::run(&args),
         Bench::Storage(args) => storage::run(&args),
+        Bench::Quarantine(args) => quarantine::run(&args),
     }
 }
 

@@ -82,3 +82,25 @@ pub static STRATUM_EVENTS: RingBuf = RingBuf::pinned(DEFAULT_STRATUM_EVENTS_BYTE
 /// the BPF stack). Not pinned: nothing outside one program run reads it.
 #[map(name = "TG_SCRATCH")]
 pub static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+#[map(name = "TG_IF_STATS")]
+pub static IF_STATS: PerCpuHashMap<u32, tollgate_ebpf::IfStats> =
+    PerCpuHashMap::pinned(tollgate_ebpf::map::DEFAULT_IF_ENTRIES, 0);
+
+#[map(name = "TG_IF_QUAR")]
+pub static IF_QUAR: HashMap<u32, tollgate_ebpf::IfQuarantine> =
+    HashMap::pinned(tollgate_ebpf::map::DEFAULT_IF_ENTRIES, 0);
+
+#[map(name = "TG_POL_CG")]
+pub static POL_CG: HashMap<u64, u32> =
+    HashMap::pinned(tollgate_ebpf::map::DEFAULT_POLICY_CGROUP_ENTRIES, 0);
+
+#[map(name = "TG_POL_GATE")]
+pub static POL_GATE: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::pinned(1, 0);
+
+#[map(name = "TG_POL_ALLOW")]
+pub static POL_ALLOW: LpmTrie<tollgate_ebpf::PolicyAddr, tollgate_ebpf::AllowPorts> =
+    LpmTrie::pinned(tollgate_ebpf::map::DEFAULT_POLICY_ALLOW_ENTRIES, 0);
+
+#[map(name = "TG_DENIED")]
+pub static DENIED: LruHashMap<PeerKey, tollgate_ebpf::DeniedStats> =
+    LruHashMap::pinned(tollgate_ebpf::map::DEFAULT_DENIED_ENTRIES, 0);

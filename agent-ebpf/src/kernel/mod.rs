@@ -3,6 +3,7 @@
 mod dns;
 mod maps;
 mod packet;
+mod policy;
 mod quarantine;
 mod signals;
 mod skb;
@@ -10,6 +11,7 @@ mod sock_addr;
 mod stats;
 mod storage;
 mod stratum;
+mod tc;
 
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

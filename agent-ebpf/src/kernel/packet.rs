@@ -112,6 +112,19 @@ pub struct Headers {
 
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_ACK: u8 = 0x10;
+impl Headers {
+    /// All zero: what an unparsable packet is checked and recorded as.
+    pub const ZERO: Headers = Headers {
+        family: 0,
+        proto: 0,
+        src: [0; 16],
+        dst: [0; 16],
+        sport: 0,
+        dport: 0,
+        payload_off: 0,
+        tcp_flags: 0,
+    };
+}
 
 #[inline(always)]
 fn carries_ports(proto: u8) -> bool {

@@ -10,7 +10,7 @@ use tollgate_ebpf::{PeerKey, QF_NETWORK};
 
 use super::{
     packet::{self, IPPROTO_TCP, TCP_ACK, TCP_SYN},
-    quarantine, signals,
+    policy, quarantine, signals,
     stats::{Dir, count_dropped, count_flow, count_packet},
 };
 
@@ -27,8 +27,9 @@ pub fn tg_skb_ingress(ctx: SkBuffContext) -> i32 {
     verdict(&ctx, Dir::Ingress)
 }
 
-/// Drops (and counts as dropped) the packets of quarantined cgroups;
-/// accounts and passes everything else.
+/// Drops (and counts as dropped) the packets of quarantined cgroups and,
+/// on egress, packets to destinations the cgroup's egress policy does not
+/// allow; accounts and passes everything else.
 #[inline(always)]
 fn verdict(ctx: &SkBuffContext, dir: Dir) -> i32 {
     // SAFETY: `ctx.skb` is the program's context pointer.
@@ -38,17 +39,39 @@ fn verdict(ctx: &SkBuffContext, dir: Dir) -> i32 {
         count_dropped(cgroup_id, bytes);
         return DROP;
     }
-    account(ctx, dir, cgroup_id, bytes);
+    // Plain values, not a Result held across the checks: LLVM may leave
+    // the payload of an Err uninitialised, which the verifier refuses.
+    let (ok, h) = match packet::parse(ctx) {
+        Ok(h) => (true, h),
+        Err(()) => (false, packet::Headers::ZERO),
+    };
+    if dir == Dir::Egress {
+        let policy = policy::skb_policy(ctx);
+        // Unreadable headers cannot be checked: denied.
+        if policy != 0 && (!ok || !policy::allowed(policy, &h.dst, h.dport, h.proto)) {
+            let key = PeerKey {
+                cgroup_id,
+                addr: h.dst,
+                port: h.dport,
+                proto: h.proto,
+                family: h.family,
+                _pad: [0; 4],
+            };
+            policy::record_denied(&key, Some(bytes));
+            return DROP;
+        }
+    }
+    if !ok {
+        // Unreadable headers: counted as external bytes and as malformed.
+        count_packet(cgroup_id, dir, false, true, bytes);
+        return PASS;
+    }
+    account(ctx, dir, cgroup_id, bytes, &h);
     PASS
 }
 
 #[inline(always)]
-fn account(ctx: &SkBuffContext, dir: Dir, cgroup_id: u64, bytes: u64) {
-    let Ok(h) = packet::parse(ctx) else {
-        // Unreadable headers: counted as external bytes and as malformed.
-        count_packet(cgroup_id, dir, false, true, bytes);
-        return;
-    };
+fn account(ctx: &SkBuffContext, dir: Dir, cgroup_id: u64, bytes: u64, h: &packet::Headers) {
     let (addr, port) = match dir {
         Dir::Egress => (h.dst, h.dport),
         Dir::Ingress => (h.src, h.sport),
@@ -68,7 +91,7 @@ fn account(ctx: &SkBuffContext, dir: Dir, cgroup_id: u64, bytes: u64) {
     let flow = count_flow(&key, dir, bytes, syn);
     count_packet(cgroup_id, dir, flow.internal, false, bytes);
     if dir == Dir::Egress {
-        signals::on_egress(ctx, &h, flow.tx_since_syn);
+        signals::on_egress(ctx, h, flow.tx_since_syn);
     }
 }
 

@@ -15,7 +15,7 @@ use tollgate_ebpf::{
 
 use super::{
     maps::{CONN_EVENTS, CONN_SEEN},
-    quarantine,
+    policy, quarantine,
     stats::{add, bump, cgroup_slot, now_ns},
 };
 
@@ -66,35 +66,57 @@ fn peer(sa: &bpf_sock_addr, v6: bool) -> (u8, [u8; 16]) {
     (if mapped { FAMILY_V4 } else { FAMILY_V6 }, a)
 }
 
-/// Refuses the call for quarantined cgroups, else records it and allows it.
+/// Refuses the call for quarantined cgroups and for destinations the
+/// cgroup's egress policy does not allow, else records it and allows it.
 #[inline(always)]
 fn on_addr(ctx: &SockAddrContext, v6: bool, kind: u8) -> i32 {
     // SAFETY: helper without arguments.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     if quarantine::current_quarantined(QF_CONNECT) {
-        if let Some(s) = cgroup_slot(cgroup_id) {
-            // SAFETY: live map value; field address only.
-            add(unsafe { &raw mut (*s).connects_denied }, 1);
-        }
+        count_denied(cgroup_id);
         return DENY;
+    }
+    let policy = policy::current_policy();
+    if policy != 0 {
+        let key = peer_key(ctx, v6, cgroup_id);
+        if !policy::allowed(policy, &key.addr, key.port, key.proto) {
+            count_denied(cgroup_id);
+            policy::record_denied(&key, None);
+            return DENY;
+        }
     }
     record(ctx, v6, kind, cgroup_id);
     ALLOW
 }
 
 #[inline(always)]
-fn record(ctx: &SockAddrContext, v6: bool, kind: u8, cgroup_id: u64) {
+fn count_denied(cgroup_id: u64) {
+    if let Some(s) = cgroup_slot(cgroup_id) {
+        // SAFETY: live map value; field address only.
+        add(unsafe { &raw mut (*s).connects_denied }, 1);
+    }
+}
+
+/// (cgroup, destination address, port, protocol) of the call.
+#[inline(always)]
+fn peer_key(ctx: &SockAddrContext, v6: bool, cgroup_id: u64) -> PeerKey {
     // SAFETY: the context pointer of a cgroup_sock_addr program.
     let sa = unsafe { &*ctx.sock_addr };
     let (family, addr) = peer(sa, v6);
-    let key = PeerKey {
+    PeerKey {
         cgroup_id,
         addr,
         port: u16::from_be(sa.user_port as u16),
         proto: sa.protocol as u8,
         family,
         _pad: [0; 4],
-    };
+    }
+}
+
+#[inline(always)]
+fn record(ctx: &SockAddrContext, v6: bool, kind: u8, cgroup_id: u64) {
+    let key = peer_key(ctx, v6, cgroup_id);
+    let (family, addr) = (key.family, key.addr);
     let slot = cgroup_slot(cgroup_id);
     if kind == CONN_KIND_CONNECT
         && let Some(s) = slot

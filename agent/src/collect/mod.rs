@@ -7,6 +7,7 @@ mod window;
 pub mod windower;
 
 pub use signals::decode_name;
+pub use snapshot::DeniedRow;
 pub use snapshot::{
     CgroupRow, Counts, Destination, DirCounts, DnsSample, EventRow, IoCounts, Rates, Snapshot,
     StorageSummary, StorageUse, StratumHit, WatchedMount,
@@ -471,6 +472,8 @@ impl Collector {
             recent_stratum_hits: self.recent_stratum.iter().cloned().collect(),
             dns_samples,
             stratum_hits,
+            interfaces: Vec::new(),
+            denied: Vec::new(),
         })
     }
 }

@@ -159,6 +159,16 @@ pub struct CgroupRow {
     /// (cumulative).
     #[serde(default)]
     pub stratum_markers: u64,
+    /// The class whose `network = "deny"` egress policy applies to this
+    /// cgroup (set by the agent once the kernel enforces it).
+    #[serde(default)]
+    pub egress_policy: Option<String>,
+    /// Calls refused and packets dropped by the egress policy, summed
+    /// over destinations (details in the snapshot's `denied`).
+    #[serde(default)]
+    pub policy_denied_calls: u64,
+    #[serde(default)]
+    pub policy_dropped: Counts,
 }
 
 impl CgroupRow {
@@ -272,6 +282,12 @@ pub struct Snapshot {
     pub recent_dns_samples: Vec<DnsSample>,
     #[serde(default)]
     pub recent_stratum_hits: Vec<StratumHit>,
+    /// Pods' host-side interfaces (tc), filled by the agent.
+    #[serde(default)]
+    pub interfaces: Vec<crate::podtc::IfaceRow>,
+    /// Destinations refused by egress policies, filled by the agent.
+    #[serde(default)]
+    pub denied: Vec<DeniedRow>,
 }
 
 /// One DNS query name sampled by the kernel.
@@ -298,4 +314,17 @@ pub struct StratumHit {
     pub marker: String,
     /// Kernel CLOCK_MONOTONIC_COARSE nanoseconds.
     pub ts_ns: u64,
+}
+
+/// One (cgroup, destination) an egress policy refused.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeniedRow {
+    pub cgroup_id: u64,
+    pub addr: String,
+    pub port: u16,
+    pub proto: String,
+    /// connect()/sendmsg() calls refused with EPERM.
+    pub calls: u64,
+    /// Packets dropped in the cgroup_skb egress hook.
+    pub dropped: Counts,
 }

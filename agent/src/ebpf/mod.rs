@@ -19,7 +19,9 @@
 
 pub mod btf;
 pub mod signals;
+pub mod policy;
 pub mod sys;
+pub mod tc;
 
 use std::{
     fs::File,
@@ -209,6 +211,28 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32)> {
             8,
             size_of::<tollgate_ebpf::DnsRate>() as u32,
         ),
+        map::IF_STATS => (
+            MapType::PerCpuHash,
+            4,
+            size_of::<tollgate_ebpf::IfStats>() as u32,
+        ),
+        map::IF_QUARANTINE => (
+            MapType::Hash,
+            4,
+            size_of::<tollgate_ebpf::IfQuarantine>() as u32,
+        ),
+        map::POLICY_CGROUPS => (MapType::Hash, 8, 4),
+        map::POLICY_GATE => (MapType::Array, 4, 4),
+        map::POLICY_ALLOW => (
+            MapType::LpmTrie,
+            4 + size_of::<tollgate_ebpf::PolicyAddr>() as u32,
+            size_of::<tollgate_ebpf::AllowPorts>() as u32,
+        ),
+        map::DENIED => (
+            MapType::LruHash,
+            size_of::<PeerKey>() as u32,
+            size_of::<tollgate_ebpf::DeniedStats>() as u32,
+        ),
         _ => return None,
     })
 }
@@ -392,6 +416,7 @@ impl Dataplane {
             dp.load_program(name, hook)?;
         }
         dp.load_signal_programs()?;
+        dp.load_tc()?;
         if storage.is_ok()
             && let Err(e) = dp.load_storage()
         {

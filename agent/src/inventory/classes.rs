@@ -51,6 +51,9 @@ pub struct ClassConfig {
     /// Rules for cgroups that are not Kubernetes pods (standalone hosts,
     /// node services), tried in order on the cgroup path.
     pub path_rules: Vec<PathRule>,
+    /// `[classes.egress.<class>]`: per-class egress policy (see
+    /// `crate::egress`).
+    pub egress: BTreeMap<String, crate::egress::EgressPolicy>,
 }
 
 impl Default for ClassConfig {
@@ -61,6 +64,7 @@ impl Default for ClassConfig {
             names: Vec::new(),
             rules: Vec::new(),
             path_rules: Vec::new(),
+            egress: BTreeMap::new(),
         }
     }
 }
