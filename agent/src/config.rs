@@ -53,6 +53,8 @@ pub struct Config {
     pub storage: StorageConfig,
     pub inventory: InventoryConfig,
     pub classes: ClassConfig,
+    pub control: crate::control::ControlConfig,
+    pub auto_quarantine: crate::respond::auto::AutoQuarantineConfig,
 }
 
 /// `[storage]`: per-pod bytes written to and read from shared file
@@ -342,6 +344,10 @@ impl Config {
             });
         }
         Classifier::new(&self.classes)?;
+        if let Err((key, value, why)) = self.control.validate() {
+            return Err(ConfigError::Invalid { key, value, why });
+        }
+        self.auto_quarantine.validate(&self.classes)?;
         Ok(())
     }
 

@@ -19,7 +19,12 @@ use crate::{
         kube::{self, ExpBackoff, KubeError},
     },
     metrics::{self, Capacity, Metrics},
+    control::{
+        self,
+        service::{QuarantineService, SharedService},
+    },
     quarantine::Quarantine,
+    respond::{auto::AutoQuarantine, kube::PodEvents},
     storage::{Mount, WatchRules},
 };
 
@@ -41,6 +46,8 @@ pub enum RunError {
     Classes(#[from] ClassError),
     #[error(transparent)]
     Kube(#[from] KubeError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// Options of `tollgate run` beyond the config file.
@@ -67,9 +74,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         cfg.inventory.grace,
         Classifier::new(&cfg.classes)?,
     );
+    let mut cluster_state = None;
     let kubernetes = match start_kubernetes(&cfg).await {
         Ok(Some(cluster)) => {
-            inventory.set_cluster(cluster);
+            inventory.set_cluster(cluster.clone());
+            cluster_state = Some(cluster);
             true
         }
         Ok(None) => false,
@@ -79,7 +88,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             false
         }
     };
-    let mut quarantine = match Quarantine::open(&pins, mount.clone(), &cfg.agent.state_dir) {
+    let quarantine = match Quarantine::open(&pins, mount.clone(), &cfg.agent.state_dir) {
         Ok(mut q) => {
             if let Err(e) = q.reconcile() {
                 tracing::warn!(error = %e, "reconciling quarantines failed; kernel entries stay in force");
@@ -91,6 +100,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             None
         }
     };
+    let (svc, _auto) = start_control(&cfg, quarantine, mount.clone(), cluster_state).await?;
     let mut collector = Collector::open(&pins, inventory, cfg.storage.mountinfo.clone())?;
     collector.delete_forgotten(true);
     let rules = WatchRules::new(&cfg.storage.watch_fstypes, &cfg.storage.watch_paths);
@@ -144,8 +154,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         tokio::select! {
             _ = tick.tick() => {
                 let started = std::time::Instant::now();
-                if let Some(q) = quarantine.as_mut() {
-                    q.expire();
+                if let Some(s) = &svc {
+                    s.expire();
                 }
                 let res = collector.tick();
                 if dp.storage == StorageStatus::Active {
@@ -244,4 +254,49 @@ async fn start_kubernetes(cfg: &Config) -> Result<Option<kube::SharedCluster>, K
     kube::spawn_watches(client, node.clone(), cluster.clone(), ExpBackoff::default());
     tracing::info!(node = %node, "watching this node's pods");
     Ok(Some(cluster))
+}
+
+/// The quarantine service, its control API and the auto-quarantine
+/// responder (fed with findings by the run loop once detection runs).
+async fn start_control(
+    cfg: &Config,
+    quarantine: Option<Quarantine>,
+    mount: PathBuf,
+    cluster: Option<kube::SharedCluster>,
+) -> Result<(Option<SharedService>, Option<AutoQuarantine>), RunError> {
+    let Some(q) = quarantine else {
+        tracing::warn!("control API and auto-quarantine off: the quarantine state is unavailable");
+        return Ok((None, None));
+    };
+    // A second client for writes and reviews; the watches own theirs.
+    let client = match &cluster {
+        Some(_) => match kube::infer_client().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes client for pod labels, Events and token reviews");
+                None
+            }
+        },
+        None => None,
+    };
+    let node = if cfg.inventory.node_name.is_empty() {
+        node_name()
+    } else {
+        cfg.inventory.node_name.clone()
+    };
+    let events = client.clone().map(|c| PodEvents::spawn(c, node));
+    let svc = Arc::new(QuarantineService::new(q, mount, cluster, events));
+    let auto = AutoQuarantine::spawn(cfg.auto_quarantine.clone(), svc.clone());
+    if cfg.control.enabled {
+        let review = client.filter(|_| cfg.control.kubernetes_auth);
+        let kube_auth = review.is_some();
+        let bound = control::start(&cfg.control, &cfg.agent.state_dir, svc.clone(), review).await?;
+        tracing::info!(addr = %bound.addr, url = %bound.url, kubernetes_auth = kube_auth, "serving the control API");
+        tokio::spawn(async move {
+            if let Err(e) = control::serve(bound).await {
+                tracing::error!(error = %e, "control API stopped");
+            }
+        });
+    }
+    Ok((Some(svc), Some(auto)))
 }

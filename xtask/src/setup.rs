@@ -28,6 +28,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "storage tests and bench (a FUSE mount as watched storage)",
     ),
     ("fuse3", "fusermount3 for the bindfs mounts"),
+    ("openssl", "control API TLS test certificates"),
 ];
 
 /// LLVM the bpf-linker feature below links against; must match APT_PACKAGES.
