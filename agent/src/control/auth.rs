@@ -110,13 +110,20 @@ pub fn ensure_token_file(path: &Path) -> Result<(), TokenFileError> {
                 .and_then(|mut f| f.read_exact(&mut raw))
                 .map_err(io)?;
             let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-            // create_new: never clobber a token another process just wrote.
-            let mut f = std::fs::OpenOptions::new()
+            // create_new: never clobber a token another process just wrote
+            // (then check that one instead).
+            let mut f = match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .map_err(io)?;
+            {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return ensure_token_file(path);
+                }
+                Err(e) => return Err(io(e)),
+            };
             f.write_all(format!("{hex}\n").as_bytes()).map_err(io)?;
             tracing::info!(file = %path.display(), "created the control API token file");
             Ok(())

@@ -9,7 +9,7 @@
 
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::Duration,
 };
@@ -115,7 +115,7 @@ pub async fn start(
     })
 }
 
-fn write_url(path: &PathBuf, url: &str) -> std::io::Result<()> {
+fn write_url(path: &Path, url: &str) -> std::io::Result<()> {
     let tmp = path.with_extension("url.tmp");
     std::fs::write(&tmp, format!("{url}\n"))?;
     std::fs::rename(&tmp, path)

@@ -54,6 +54,8 @@ impl Target {
         // add '@' and '\' escapes on plain hosts).
         let ok = |p: &str| {
             !p.is_empty()
+                && p != "."
+                && p != ".."
                 && p.len() <= 253
                 && p.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-._@:\\".contains(c))
@@ -268,7 +270,7 @@ mod tests {
                 name: "nginx.service".into()
             }
         );
-        for bad in ["", "ml", "ml/", "/a/../b", "a/b/c", "ml/tr ain", "ml/x?y"] {
+        for bad in ["", "ml", "ml/", "/a/../b", "../etc", "./x", "a/b/c", "ml/tr ain", "ml/x?y"] {
             assert!(
                 matches!(Target::parse(bad), Err(ServiceError::BadTarget(_))),
                 "{bad}"

@@ -143,7 +143,9 @@ fn on_finding_queues_the_finding_as_evidence() {
     let (mut a, mut rx) = responder();
     let f = finding("training", Some("ml"), Severity::Critical);
     a.on_finding(&f);
-    a.on_finding(&finding("service", Some("web"), Severity::Critical));
+    let mut web = finding("service", Some("web"), Severity::Critical);
+    web.subject.cgroup_id = 4343;
+    a.on_finding(&web);
     let job = rx.try_recv().expect("one job");
     assert!(rx.try_recv().is_err(), "alert-only class queued nothing");
     assert_eq!(job.target.to_string(), "ml/train-0");
