@@ -18,6 +18,7 @@ use std::{
 use tollgate_tests::{
     agent::{Agent, TestPinDir, tollgate_bin},
     cgroup::TestCgroup,
+    cmd::wait_until,
     http::request,
     nft::{self, Peer},
     privileged,
@@ -165,7 +166,8 @@ fn token_auth_bad_requests_and_quarantine_through_the_api() {
     assert_eq!(r.status, 404, "not quarantined yet: {}", r.raw);
     assert!(agent.is_running(), "agent survived the bad requests");
     assert!(list(&url, &token).is_empty(), "nothing was quarantined");
-    assert!(received(&topo, va) > 0, "pod A streams");
+    let streaming = wait_until("pod A streams", WAIT, || received(&topo, va) > 0);
+    assert!(streaming.is_ok(), "pod A streams before the quarantine");
 
     // The token holder quarantines pod A through the CLI.
     let t0 = Instant::now();
