@@ -370,7 +370,9 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let Some(cgroup) = cgroup else {
-                eprintln!("tollgate: quarantine needs NAMESPACE/POD (through the agent) or --cgroup PATH (or `quarantine list`)");
+                eprintln!(
+                    "tollgate: quarantine needs NAMESPACE/POD (through the agent) or --cgroup PATH (or `quarantine list`)"
+                );
                 return ExitCode::from(EXIT_USAGE);
             };
             print_json(q.quarantine(&cgroup, &reason, &tollgate::quarantine::cli_user(), ttl))

@@ -155,7 +155,11 @@ impl Quarantine {
 
     /// [`Quarantine::quarantine`] with the pod name and evidence, which go
     /// to the state file and the audit log.
-    pub fn quarantine_with(&mut self, path: &str, req: &Request) -> Result<Record, QuarantineError> {
+    pub fn quarantine_with(
+        &mut self,
+        path: &str,
+        req: &Request,
+    ) -> Result<Record, QuarantineError> {
         // The CLI (--cgroup) writes the state file too: start from it.
         self.reload();
         let (reason, by, ttl) = (req.reason.as_str(), req.by.as_str(), req.ttl);

@@ -12,6 +12,10 @@ use crate::{
     cgroupfs::{self, CgroupError},
     collect::Collector,
     config::Config,
+    control::{
+        self,
+        service::{QuarantineService, SharedService},
+    },
     ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir, StorageStatus},
     inventory::{
         Inventory, Mode,
@@ -19,10 +23,6 @@ use crate::{
         kube::{self, ExpBackoff, KubeError},
     },
     metrics::{self, Capacity, Metrics},
-    control::{
-        self,
-        service::{QuarantineService, SharedService},
-    },
     quarantine::Quarantine,
     respond::{auto::AutoQuarantine, kube::PodEvents},
     storage::{Mount, WatchRules},

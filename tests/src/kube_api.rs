@@ -29,6 +29,9 @@ use std::{
 
 use crate::cmd::{Error, Result};
 
+/// (user name, groups) of a registered token.
+type UserGroups = (String, Vec<String>);
+
 struct Shared {
     pods: String,
     namespaces: String,
@@ -36,7 +39,7 @@ struct Shared {
     log: Mutex<Vec<String>>,
     calls: Mutex<Vec<Call>>,
     /// token -> Some((user, groups)), or None for an expired token.
-    tokens: Mutex<HashMap<String, Option<(String, Vec<String>)>>>,
+    tokens: Mutex<HashMap<String, Option<UserGroups>>>,
     /// (user, verb, namespace or None for any) allowed on
     /// quarantines.tollgate.io.
     allowed: Mutex<Vec<(String, String, Option<String>)>>,
@@ -291,7 +294,8 @@ fn read_body(r: &mut impl BufRead, length: usize, chunked: bool) -> String {
             if r.read_line(&mut size).is_err() {
                 break;
             }
-            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16).unwrap_or(0);
+            let n =
+                usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16).unwrap_or(0);
             if n == 0 {
                 let mut end = String::new();
                 let _ = r.read_line(&mut end);
@@ -328,7 +332,9 @@ fn answer_write(s: &Shared, method: &str, target: &str, body: &str) -> (&'static
                 }),
                 Some(None) => serde_json::json!({"authenticated": false,
                     "error": "[invalid bearer token, service account token has expired]"}),
-                None => serde_json::json!({"authenticated": false, "error": "invalid bearer token"}),
+                None => {
+                    serde_json::json!({"authenticated": false, "error": "invalid bearer token"})
+                }
             };
             let mut out = req.clone();
             out["status"] = status;
@@ -380,13 +386,21 @@ fn answer_write(s: &Shared, method: &str, target: &str, body: &str) -> (&'static
                     }
                     ("200 OK", p.to_string())
                 }
-                None => ("404 Not Found", serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                None => (
+                    "404 Not Found",
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1",
                     "status": "Failure", "reason": "NotFound", "code": 404,
-                    "message": format!("pods \"{name}\" not found")}).to_string()),
+                    "message": format!("pods \"{name}\" not found")})
+                    .to_string(),
+                ),
             }
         }
         ("POST", ["api", "v1", "namespaces", _, "events"]) => ("201 Created", body.to_owned()),
-        _ => ("404 Not Found", serde_json::json!({"kind": "Status", "apiVersion": "v1",
-            "status": "Failure", "reason": "NotFound", "code": 404, "message": "not replayed"}).to_string()),
+        _ => (
+            "404 Not Found",
+            serde_json::json!({"kind": "Status", "apiVersion": "v1",
+            "status": "Failure", "reason": "NotFound", "code": 404, "message": "not replayed"})
+            .to_string(),
+        ),
     }
 }

@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod cgroup;
 pub mod cmd;
+pub mod control;
 pub mod http;
 pub mod kube_api;
 pub mod netns;

@@ -65,7 +65,10 @@ fn a_critical_finding_quarantines_through_the_service_with_evidence() {
     privileged!();
     let pins = TestPinDir::new().expect("pin dir");
     let state = std::env::temp_dir().join(format!("tg-auto-{}", tollgate_tests::unique_suffix()));
-    let config = format!("[agent]\ntick = \"200ms\"\nstate_dir = \"{}\"\n", state.display());
+    let config = format!(
+        "[agent]\ntick = \"200ms\"\nstate_dir = \"{}\"\n",
+        state.display()
+    );
     let _agent = Agent::start(pins.path(), &config).expect("agent starts");
     let cg = TestCgroup::new("auto").expect("cgroup");
     let send = || {
@@ -83,7 +86,8 @@ fn a_critical_finding_quarantines_through_the_service_with_evidence() {
     assert!(send(), "sends before");
 
     let mount = v2_mount().expect("cgroup v2");
-    let q = Quarantine::open(&PinDir::new(pins.path()), mount.clone(), &state).expect("quarantine state");
+    let q = Quarantine::open(&PinDir::new(pins.path()), mount.clone(), &state)
+        .expect("quarantine state");
     let svc = Arc::new(QuarantineService::new(q, mount, None, None));
     let mut cfg = AutoQuarantineConfig::default();
     cfg.classes.insert(
@@ -108,7 +112,10 @@ fn a_critical_finding_quarantines_through_the_service_with_evidence() {
     auto.on_finding(&f);
     rt.block_on(async {
         for _ in 0..300 {
-            if auto.stats.quarantined.load(Ordering::Relaxed) + auto.stats.failed.load(Ordering::Relaxed) > 0 {
+            if auto.stats.quarantined.load(Ordering::Relaxed)
+                + auto.stats.failed.load(Ordering::Relaxed)
+                > 0
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -129,15 +136,20 @@ fn a_critical_finding_quarantines_through_the_service_with_evidence() {
         .find(|l| l["action"] == "quarantine")
         .expect("quarantine audited");
     assert_eq!(line["by"], "agent:exfil.volume");
-    let evidence: Finding = serde_json::from_value(line["evidence"].clone()).expect("evidence is the finding");
+    let evidence: Finding =
+        serde_json::from_value(line["evidence"].clone()).expect("evidence is the finding");
     assert_eq!(evidence, f);
 
     // The same episode again: no second action.
     auto.on_finding(&f);
-    svc.release(&Target::Cgroup(cg.rel_path()), "test").expect("release");
+    svc.release(&Target::Cgroup(cg.rel_path()), "test")
+        .expect("release");
     let _ = wait_until("sends after release", Duration::from_secs(10), send);
     assert!(send(), "sends after release");
     assert_eq!(auto.stats.quarantined.load(Ordering::Relaxed), 1);
-    assert!(svc.list().is_empty(), "the repeated finding did not re-quarantine");
+    assert!(
+        svc.list().is_empty(),
+        "the repeated finding did not re-quarantine"
+    );
     let _ = std::fs::remove_dir_all(&state);
 }

@@ -116,7 +116,8 @@ fn kubernetes_tokens_reviewed_pod_labelled_and_evented() {
         .expect("pod cgroup");
     let ns = Netns::new("tgctlk").expect("netns");
     let pins = TestPinDir::new().expect("pin dir");
-    let state = Dir(std::env::temp_dir().join(format!("tg-ctlk-{}", tollgate_tests::unique_suffix())));
+    let state =
+        Dir(std::env::temp_dir().join(format!("tg-ctlk-{}", tollgate_tests::unique_suffix())));
     let config = format!(
         "[agent]\ntick = \"200ms\"\nstate_dir = \"{}\"\n[inventory]\nmode = \"kubernetes\"\nnode_name = \"node-1\"\n[control]\nauth_cache_ttl = \"10m\"\n",
         state.0.display()
@@ -146,12 +147,35 @@ fn kubernetes_tokens_reviewed_pod_labelled_and_evented() {
             assert!(r.body.contains("expired"), "{}", r.body);
         }
     }
-    let r = request(&url, "GET", "/v1/quarantines", Some("bob-token-0123456789"), b"");
+    let r = request(
+        &url,
+        "GET",
+        "/v1/quarantines",
+        Some("bob-token-0123456789"),
+        b"",
+    );
     assert_eq!(r.status, 403, "bob may not list: {}", r.raw);
-    let r = request(&url, "POST", "/v1/quarantine", Some("alice-token-0123456789"), br#"{"target":"kube-system/dns-0","reason":"x"}"#);
+    let r = request(
+        &url,
+        "POST",
+        "/v1/quarantine",
+        Some("alice-token-0123456789"),
+        br#"{"target":"kube-system/dns-0","reason":"x"}"#,
+    );
     assert_eq!(r.status, 403, "alice may not touch kube-system: {}", r.raw);
-    let r = request(&url, "GET", "/v1/quarantines", Some("alice-token-0123456789"), b"");
-    assert_eq!(r.json(), serde_json::json!([]), "nothing quarantined: {}", r.raw);
+    let r = request(
+        &url,
+        "GET",
+        "/v1/quarantines",
+        Some("alice-token-0123456789"),
+        b"",
+    );
+    assert_eq!(
+        r.json(),
+        serde_json::json!([]),
+        "nothing quarantined: {}",
+        r.raw
+    );
     assert!(send_from(&container, &ns), "the pod still sends");
     assert!(calls_to(&api, "PATCH", "/api/v1/namespaces/ml/pods/train-0").is_empty());
 
@@ -159,25 +183,47 @@ fn kubernetes_tokens_reviewed_pod_labelled_and_evented() {
     let tok = state.0.join("alice.token");
     std::fs::write(&tok, "alice-token-0123456789\n").unwrap();
     let tok_s = tok.display().to_string();
-    let o = tg(&state.0, &["quarantine", "ml/train-0", "--reason", "exfil to 203.0.113.9", "--token-file", &tok_s]);
+    let o = tg(
+        &state.0,
+        &[
+            "quarantine",
+            "ml/train-0",
+            "--reason",
+            "exfil to 203.0.113.9",
+            "--token-file",
+            &tok_s,
+        ],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rec: serde_json::Value = serde_json::from_slice(&o.stdout).expect("record");
     assert_eq!(rec["pod"], "ml/train-0");
     assert_eq!(rec["by"], "api:alice");
-    assert_eq!(rec["path"], format!("{}/{pod_rel}", base.rel_path()).as_str());
-    assert!(!send_from(&container, &ns), "the pod's container is cut off (EPERM)");
+    assert_eq!(
+        rec["path"],
+        format!("{}/{pod_rel}", base.rel_path()).as_str()
+    );
+    assert!(
+        !send_from(&container, &ns),
+        "the pod's container is cut off (EPERM)"
+    );
     assert!(agent.is_running());
 
     let patches = wait_calls(&api, "PATCH", "/api/v1/namespaces/ml/pods/train-0", 1);
     assert_eq!(patches.len(), 1, "{patches:#?}");
     assert_eq!(patches[0].content_type, "application/merge-patch+json");
-    assert_eq!(patches[0].json(), serde_json::json!({"metadata": {"labels": {"tollgate.io/quarantined": "true"}}}));
+    assert_eq!(
+        patches[0].json(),
+        serde_json::json!({"metadata": {"labels": {"tollgate.io/quarantined": "true"}}})
+    );
     let events = wait_calls(&api, "POST", "/api/v1/namespaces/ml/events", 1);
     assert_eq!(events.len(), 1);
     let ev = events[0].json();
     assert_eq!(ev["reason"], "TollgateQuarantined");
     assert_eq!(ev["type"], "Warning");
-    assert_eq!(ev["involvedObject"], serde_json::json!({"apiVersion": "v1", "kind": "Pod", "namespace": "ml", "name": "train-0", "uid": UID}));
+    assert_eq!(
+        ev["involvedObject"],
+        serde_json::json!({"apiVersion": "v1", "kind": "Pod", "namespace": "ml", "name": "train-0", "uid": UID})
+    );
     assert!(ev["message"].as_str().unwrap().contains("alice"), "{ev}");
     assert_eq!(ev["source"]["host"], "node-1");
 
@@ -186,31 +232,55 @@ fn kubernetes_tokens_reviewed_pod_labelled_and_evented() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(send_from(&container, &ns), "the pod sends after release");
     let patches = wait_calls(&api, "PATCH", "/api/v1/namespaces/ml/pods/train-0", 2);
-    assert_eq!(patches[1].json(), serde_json::json!({"metadata": {"labels": {"tollgate.io/quarantined": null}}}));
+    assert_eq!(
+        patches[1].json(),
+        serde_json::json!({"metadata": {"labels": {"tollgate.io/quarantined": null}}})
+    );
     let events = wait_calls(&api, "POST", "/api/v1/namespaces/ml/events", 2);
     assert_eq!(events[1].json()["reason"], "TollgateReleased");
 
     // Reviews: one TokenReview per token (cached), SubjectAccessReview with
     // the virtual resource and the pod's namespace.
     let reviews = calls_to(&api, "POST", "/apis/authentication.k8s.io/v1/tokenreviews");
-    let count = |t: &str| reviews.iter().filter(|c| c.json()["spec"]["token"] == t).count();
+    let count = |t: &str| {
+        reviews
+            .iter()
+            .filter(|c| c.json()["spec"]["token"] == t)
+            .count()
+    };
     assert_eq!(count("alice-token-0123456789"), 1, "{reviews:#?}");
     assert_eq!(count("bob-token-0123456789"), 1);
     assert_eq!(count("old-token-0123456789"), 1);
     assert_eq!(count("nobody-token-0123456789"), 1);
-    let sars: Vec<serde_json::Value> = calls_to(&api, "POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews")
-        .iter()
-        .map(Call::json)
-        .collect();
+    let sars: Vec<serde_json::Value> = calls_to(
+        &api,
+        "POST",
+        "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+    )
+    .iter()
+    .map(Call::json)
+    .collect();
     let create = sars
         .iter()
-        .find(|s| s["spec"]["user"] == "alice" && s["spec"]["resourceAttributes"]["verb"] == "create" && s["spec"]["resourceAttributes"]["namespace"] == "ml")
+        .find(|s| {
+            s["spec"]["user"] == "alice"
+                && s["spec"]["resourceAttributes"]["verb"] == "create"
+                && s["spec"]["resourceAttributes"]["namespace"] == "ml"
+        })
         .unwrap_or_else(|| panic!("{sars:#?}"));
     assert_eq!(create["spec"]["resourceAttributes"]["group"], "tollgate.io");
-    assert_eq!(create["spec"]["resourceAttributes"]["resource"], "quarantines");
+    assert_eq!(
+        create["spec"]["resourceAttributes"]["resource"],
+        "quarantines"
+    );
     assert_eq!(create["spec"]["resourceAttributes"]["name"], "train-0");
     assert_eq!(create["spec"]["groups"], serde_json::json!(["ml-admins"]));
-    let bob_creates = sars.iter().filter(|s| s["spec"]["user"] == "bob" && s["spec"]["resourceAttributes"]["verb"] == "create").count();
+    let bob_creates = sars
+        .iter()
+        .filter(|s| {
+            s["spec"]["user"] == "bob" && s["spec"]["resourceAttributes"]["verb"] == "create"
+        })
+        .count();
     assert_eq!(bob_creates, 1, "bob's denial is cached too");
 
     let audit: Vec<serde_json::Value> = std::fs::read_to_string(state.0.join("audit.log"))
@@ -219,13 +289,25 @@ fn kubernetes_tokens_reviewed_pod_labelled_and_evented() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let denied = |status: u64, by: Option<&str>| {
-        audit.iter().filter(|l| l["action"] == "denied" && l["status"] == status && by.is_none_or(|b| l["by"] == b)).count()
+        audit
+            .iter()
+            .filter(|l| {
+                l["action"] == "denied" && l["status"] == status && by.is_none_or(|b| l["by"] == b)
+            })
+            .count()
     };
     assert_eq!(denied(401, None), 2, "{audit:#?}");
     assert_eq!(denied(403, Some("api:bob")), 3, "{audit:#?}");
     assert_eq!(denied(403, Some("api:alice")), 1);
-    let q = audit.iter().find(|l| l["action"] == "quarantine").expect("quarantine audited");
+    let q = audit
+        .iter()
+        .find(|l| l["action"] == "quarantine")
+        .expect("quarantine audited");
     assert_eq!(q["by"], "api:alice");
     assert_eq!(q["pod"], "ml/train-0");
-    assert!(audit.iter().any(|l| l["action"] == "release" && l["by"] == "api:alice"));
+    assert!(
+        audit
+            .iter()
+            .any(|l| l["action"] == "release" && l["by"] == "api:alice")
+    );
 }

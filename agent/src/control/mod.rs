@@ -18,6 +18,7 @@ pub mod client;
 mod server;
 pub mod service;
 pub mod tls;
+pub mod token;
 
 use std::{
     net::SocketAddr,

@@ -7,12 +7,7 @@
 //! server: bad requests get an error status, a panicking handler loses
 //! only its own connection, accept errors are logged and retried.
 
-use std::{
-    net::SocketAddr,
-    path::Path,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, path::Path, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
@@ -91,19 +86,12 @@ pub async fn start(
     let addr = listener
         .local_addr()
         .map_err(|e| ControlError::Bind(cfg.listen, e))?;
-    let url = format!(
-        "{}://{addr}",
-        if tls.is_some() { "https" } else { "http" }
-    );
+    let url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
     let url_file = state_dir.join(URL_FILE);
     if let Err(e) = write_url(&url_file, &url) {
         tracing::warn!(file = %url_file.display(), error = %e, "cannot write the control API URL for the CLI; pass --api to it");
     }
-    let auth = Arc::new(Authenticator::new(
-        Some(token),
-        kube,
-        cfg.auth_cache_ttl,
-    ));
+    let auth = Arc::new(Authenticator::new(Some(token), kube, cfg.auth_cache_ttl));
     let app = router(AppState { svc, auth }, cfg.max_body_bytes);
     Ok(Bound {
         listener,
@@ -201,7 +189,14 @@ fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response {
 }
 
 impl AppState {
-    fn deny(&self, e: &AuthError, remote: SocketAddr, endpoint: &str, who: Option<&Caller>, target: Option<&Target>) -> Response {
+    fn deny(
+        &self,
+        e: &AuthError,
+        remote: SocketAddr,
+        endpoint: &str,
+        who: Option<&Caller>,
+        target: Option<&Target>,
+    ) -> Response {
         let status = match e {
             AuthError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
@@ -225,43 +220,75 @@ impl AppState {
         r
     }
 
-    async fn authenticate(&self, h: &HeaderMap, remote: SocketAddr, endpoint: &str) -> Result<Caller, Response> {
+    async fn authenticate(
+        &self,
+        h: &HeaderMap,
+        remote: SocketAddr,
+        endpoint: &str,
+    ) -> Result<Caller, Box<Response>> {
         let value = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         self.auth
             .authenticate(value)
             .await
-            .map_err(|e| self.deny(&e, remote, endpoint, None, None))
+            .map_err(|e| Box::new(self.deny(&e, remote, endpoint, None, None)))
     }
 
-    async fn authorize(&self, c: &Caller, verb: &str, t: Option<&Target>, remote: SocketAddr, endpoint: &str) -> Result<(), Response> {
+    async fn authorize(
+        &self,
+        c: &Caller,
+        verb: &str,
+        t: Option<&Target>,
+        remote: SocketAddr,
+        endpoint: &str,
+    ) -> Result<(), Box<Response>> {
         self.auth
-            .authorize(c, verb, t.and_then(Target::namespace), t.and_then(Target::pod_name))
+            .authorize(
+                c,
+                verb,
+                t.and_then(Target::namespace),
+                t.and_then(Target::pod_name),
+            )
             .await
-            .map_err(|e| self.deny(&e, remote, endpoint, Some(c), t))
+            .map_err(|e| Box::new(self.deny(&e, remote, endpoint, Some(c), t)))
     }
 }
 
 /// The body as `T`: 413 past the limit, 400 with serde's message otherwise.
-fn parse<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, Response> {
-    let bytes = body.map_err(|r| {
-        let status = r.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            error(status, "request body too large (control.max_body_bytes)")
-        } else {
-            error(StatusCode::BAD_REQUEST, format!("reading the body: {r}"))
+fn parse<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Box<Response>> {
+    let bytes = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(Box::new(error(
+                r.status(),
+                "request body too large (control.max_body_bytes)",
+            )));
         }
-    })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+        Err(r) => {
+            return Err(Box::new(error(
+                StatusCode::BAD_REQUEST,
+                format!("reading the body: {r}"),
+            )));
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid JSON body: {e}"),
+        ))
+    })
 }
 
 fn service_error(e: ServiceError) -> Response {
     let status = match &e {
-        ServiceError::BadTarget(_) | ServiceError::Quarantine(QuarantineError::Root) => StatusCode::BAD_REQUEST,
-        ServiceError::NoPod(_)
-        | ServiceError::Quarantine(QuarantineError::NoCgroup(_) | QuarantineError::NotQuarantined(_)) => {
-            StatusCode::NOT_FOUND
+        ServiceError::BadTarget(_) | ServiceError::Quarantine(QuarantineError::Root) => {
+            StatusCode::BAD_REQUEST
         }
+        ServiceError::NoPod(_)
+        | ServiceError::Quarantine(
+            QuarantineError::NoCgroup(_) | QuarantineError::NotQuarantined(_),
+        ) => StatusCode::NOT_FOUND,
         ServiceError::Quarantine(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e)
@@ -292,25 +319,36 @@ async fn quarantine(
     const EP: &str = "quarantine";
     let caller = match st.authenticate(&headers, remote, EP).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let b: QuarantineBody = match parse(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let target = match Target::parse(&b.target) {
         Ok(t) => t,
         Err(e) => return service_error(e),
     };
     if b.reason.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "reason is required (it goes to the audit log)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "reason is required (it goes to the audit log)",
+        );
     }
     let ttl = match b.ttl.as_deref().map(humantime::parse_duration).transpose() {
         Ok(t) => t,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("ttl {:?}: {e} (e.g. \"30m\")", b.ttl.unwrap_or_default())),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("ttl {:?}: {e} (e.g. \"30m\")", b.ttl.unwrap_or_default()),
+            );
+        }
     };
-    if let Err(r) = st.authorize(&caller, "create", Some(&target), remote, EP).await {
-        return r;
+    if let Err(r) = st
+        .authorize(&caller, "create", Some(&target), remote, EP)
+        .await
+    {
+        return *r;
     }
     let svc = st.svc.clone();
     let req = Request {
@@ -335,18 +373,21 @@ async fn release(
     const EP: &str = "release";
     let caller = match st.authenticate(&headers, remote, EP).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let b: ReleaseBody = match parse(body) {
         Ok(b) => b,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let target = match Target::parse(&b.target) {
         Ok(t) => t,
         Err(e) => return service_error(e),
     };
-    if let Err(r) = st.authorize(&caller, "delete", Some(&target), remote, EP).await {
-        return r;
+    if let Err(r) = st
+        .authorize(&caller, "delete", Some(&target), remote, EP)
+        .await
+    {
+        return *r;
     }
     let svc = st.svc.clone();
     let by = format!("api:{}", caller.name);
@@ -365,10 +406,10 @@ async fn list(
     const EP: &str = "list";
     let caller = match st.authenticate(&headers, remote, EP).await {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if let Err(r) = st.authorize(&caller, "list", None, remote, EP).await {
-        return r;
+        return *r;
     }
     let svc = st.svc.clone();
     match tokio::task::spawn_blocking(move || svc.list()).await {

@@ -38,7 +38,10 @@ pub enum ServiceError {
 pub enum Target {
     /// Relative to the cgroup v2 mount, with a leading '/'.
     Cgroup(String),
-    Pod { namespace: String, name: String },
+    Pod {
+        namespace: String,
+        name: String,
+    },
 }
 
 impl Target {
@@ -270,7 +273,17 @@ mod tests {
                 name: "nginx.service".into()
             }
         );
-        for bad in ["", "ml", "ml/", "/a/../b", "../etc", "./x", "a/b/c", "ml/tr ain", "ml/x?y"] {
+        for bad in [
+            "",
+            "ml",
+            "ml/",
+            "/a/../b",
+            "../etc",
+            "./x",
+            "a/b/c",
+            "ml/tr ain",
+            "ml/x?y",
+        ] {
             assert!(
                 matches!(Target::parse(bad), Err(ServiceError::BadTarget(_))),
                 "{bad}"

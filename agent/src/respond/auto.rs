@@ -97,7 +97,12 @@ impl AutoQuarantineConfig {
                     key: format!("auto_quarantine.classes.{name}"),
                     why: format!(
                         "no such class; classes are: {} (add it to classes.names or a rule)",
-                        known.classes().iter().cloned().collect::<Vec<_>>().join(", ")
+                        known
+                            .classes()
+                            .iter()
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 });
             }
@@ -205,7 +210,11 @@ impl AutoQuarantine {
         if f.severity < policy.min_severity {
             return Decision::BelowSeverity(policy.min_severity);
         }
-        let by_path = f.subject.cgroup_path.as_ref().map(|p| Target::Cgroup(format!("/{}", p.trim_start_matches('/'))));
+        let by_path = f
+            .subject
+            .cgroup_path
+            .as_ref()
+            .map(|p| Target::Cgroup(format!("/{}", p.trim_start_matches('/'))));
         let by_name = match (&f.subject.namespace, &f.subject.pod) {
             (Some(ns), Some(pod)) => Target::parse(&format!("{ns}/{pod}")).ok(),
             _ => None,
@@ -247,7 +256,10 @@ impl Responder for AutoQuarantine {
             }
             Decision::NoTarget => {
                 s.no_target.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(cgroup_id = f.subject.cgroup_id, "finding names no pod and no cgroup path; cannot quarantine it");
+                tracing::warn!(
+                    cgroup_id = f.subject.cgroup_id,
+                    "finding names no pod and no cgroup path; cannot quarantine it"
+                );
             }
             Decision::Quarantine {
                 target,

@@ -177,7 +177,10 @@ where
 /// (`<pod>.<hex nanoseconds>`).
 fn event(a: &Action, node: &str) -> Event {
     let now = SystemTime::now();
-    let nanos = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let nanos = now
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     let ts = humantime::format_rfc3339_seconds(now).to_string();
     let (reason, kind, action) = if a.quarantined {
         (REASON_QUARANTINED, "Warning", "Quarantine")

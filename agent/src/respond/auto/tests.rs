@@ -77,7 +77,11 @@ fn policy_per_class_and_severity() {
         Decision::AlertOnly
     );
     assert_eq!(
-        a.decide(&finding("training", Some("kube-system"), Severity::Critical)),
+        a.decide(&finding(
+            "training",
+            Some("kube-system"),
+            Severity::Critical
+        )),
         Decision::Protected("kube-system".into())
     );
     match a.decide(&finding("training", Some("ml"), Severity::High)) {
@@ -150,7 +154,11 @@ fn on_finding_queues_the_finding_as_evidence() {
     assert!(rx.try_recv().is_err(), "alert-only class queued nothing");
     assert_eq!(job.target.to_string(), "ml/train-0");
     assert_eq!(job.request.by, "agent:exfil.volume");
-    assert!(job.request.reason.contains("12.5x"), "{}", job.request.reason);
+    assert!(
+        job.request.reason.contains("12.5x"),
+        "{}",
+        job.request.reason
+    );
     let ev = job.request.evidence.expect("evidence");
     let back: Finding = serde_json::from_value(ev).expect("the finding round-trips");
     assert_eq!(back, f);
@@ -185,8 +193,12 @@ ttl = "2h"
     assert_eq!(c.policy("training").min_severity, Severity::Critical);
     assert_eq!(c.policy("training").ttl, Some(Duration::from_secs(7200)));
     c.validate(&ClassConfig::default()).unwrap();
-    let bad: AutoQuarantineConfig = toml::from_str("[classes.trianing]\nquarantine = \"auto\"\n").unwrap();
-    let e = bad.validate(&ClassConfig::default()).unwrap_err().to_string();
+    let bad: AutoQuarantineConfig =
+        toml::from_str("[classes.trianing]\nquarantine = \"auto\"\n").unwrap();
+    let e = bad
+        .validate(&ClassConfig::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("auto_quarantine.classes.trianing"), "{e}");
     assert!(toml::from_str::<AutoQuarantineConfig>("[default]\nquarantine = \"yes\"\n").is_err());
     assert!(toml::from_str::<AutoQuarantineConfig>("[default]\nmin_sev = \"high\"\n").is_err());
