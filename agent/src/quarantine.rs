@@ -323,7 +323,11 @@ impl Quarantine {
     }
 
     fn save(&self) -> Result<(), QuarantineError> {
-        let tmp = self.state.with_extension("json.tmp");
+        // Per process: the agent and the CLI may save at the same time, and
+        // a shared temporary name would let one rename the other's file.
+        let tmp = self
+            .state
+            .with_extension(format!("json.tmp.{}", std::process::id()));
         let io = |what, path: &Path| {
             let path = path.to_owned();
             move |source| QuarantineError::Io { what, path, source }

@@ -69,7 +69,10 @@ fn a_critical_finding_quarantines_through_the_service_with_evidence() {
         "[agent]\ntick = \"200ms\"\nstate_dir = \"{}\"\n",
         state.display()
     );
-    let _agent = Agent::start(pins.path(), &config).expect("agent starts");
+    let agent = Agent::start(pins.path(), &config).expect("agent starts");
+    // The control API comes up after the agent reconciled its state: from
+    // then on it does not write the state file unprompted.
+    agent.control_url().expect("agent fully started");
     let cg = TestCgroup::new("auto").expect("cgroup");
     let send = || {
         Command::new("sh")
@@ -142,8 +145,9 @@ fn a_critical_finding_quarantines_through_the_service_with_evidence() {
 
     // The same episode again: no second action.
     auto.on_finding(&f);
-    svc.release(&Target::Cgroup(cg.rel_path()), "test")
-        .expect("release");
+    if let Err(e) = svc.release(&Target::Cgroup(cg.rel_path()), "test") {
+        panic!("release: {e}\nagent log:\n{}", agent.log());
+    }
     let _ = wait_until("sends after release", Duration::from_secs(10), send);
     assert!(send(), "sends after release");
     assert_eq!(auto.stats.quarantined.load(Ordering::Relaxed), 1);
