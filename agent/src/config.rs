@@ -59,6 +59,8 @@ pub struct Config {
     pub alerts: crate::respond::alerts::AlertsConfig,
     /// `[tc]`: programs on pods' host-side interfaces.
     pub tc: crate::podtc::TcConfig,
+    pub control: crate::control::ControlConfig,
+    pub auto_quarantine: crate::respond::auto::AutoQuarantineConfig,
 }
 
 /// `[storage]`: per-pod bytes written to and read from shared file
@@ -431,6 +433,10 @@ impl Config {
         Classifier::new(&self.classes)?;
         self.detect.validate()?;
         self.alerts.validate()?;
+        if let Err((key, value, why)) = self.control.validate() {
+            return Err(ConfigError::Invalid { key, value, why });
+        }
+        self.auto_quarantine.validate(&self.classes)?;
         Ok(())
     }
 

@@ -10,6 +10,7 @@ pub mod check;
 pub mod collect;
 pub mod config;
 pub mod demo;
+pub mod control;
 pub mod detect;
 #[allow(unsafe_code)]
 pub mod ebpf;

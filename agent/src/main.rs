@@ -2,7 +2,7 @@
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
-use tollgate::{api, check, config::Config, ebpf::PinDir, run, top};
+use tollgate::{api, check, config::Config, control, ebpf::PinDir, run, top};
 
 /// Exit code for bad configuration (EX_CONFIG is 78; DESIGN.md asks for 64,
 /// EX_USAGE).
@@ -60,6 +60,9 @@ enum Cmd {
         /// fuse.ceph-fuse, nfs and nfs4 are always watched).
         #[arg(long = "watch-fstype")]
         watch_fstypes: Vec<String>,
+        /// Control API listen address (overrides control.listen).
+        #[arg(long)]
+        control_addr: Option<std::net::SocketAddr>,
     },
     /// Probe the kernel for what Tollgate needs and can use.
     Check {
@@ -123,6 +126,7 @@ enum Cmd {
         #[arg(long)]
         pin_dir: PathBuf,
     },
+<<<<<<< HEAD
     /// Time quarantine requests to the first stopped packet (for `cargo xtask bench quarantine`).
     #[command(hide = true)]
     BenchQuarantine {
@@ -141,12 +145,22 @@ enum Cmd {
     },
     /// Cut a cgroup off the network (standalone: --cgroup PATH relative to
     /// the cgroup v2 mount); `quarantine list` shows what is cut off.
+=======
+    /// Cut a pod off the network: `quarantine NAMESPACE/POD --reason ...`
+    /// through the running agent's control API, or without an agent
+    /// `--cgroup PATH` (relative to the cgroup v2 mount); `quarantine list`
+    /// shows what is cut off.
+>>>>>>> quarantine
     #[command(args_conflicts_with_subcommands = true)]
     Quarantine {
         #[command(subcommand)]
         list: Option<QuarantineCmd>,
+        /// NAMESPACE/POD (or a cgroup path starting with /), through the agent.
+        target: Option<String>,
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        api: ApiArgs,
         /// Cgroup path relative to the cgroup v2 mount (covers everything below it).
         #[arg(long)]
         cgroup: Option<String>,
@@ -157,12 +171,18 @@ enum Cmd {
         #[arg(long, value_parser = humantime::parse_duration)]
         ttl: Option<Duration>,
     },
-    /// Lift a quarantine.
+    /// Lift a quarantine: `release NAMESPACE/POD` through the agent, or
+    /// `release --cgroup PATH` without it.
     Release {
+        /// NAMESPACE/POD (or a cgroup path starting with /), through the agent.
+        #[arg(conflicts_with = "cgroup", required_unless_present = "cgroup")]
+        target: Option<String>,
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        api: ApiArgs,
         #[arg(long)]
-        cgroup: String,
+        cgroup: Option<String>,
     },
     /// Remove Tollgate's pins: detaches the programs (counters are lost).
     Detach {
@@ -248,11 +268,29 @@ enum ConfigCmd {
 
 #[derive(Subcommand)]
 enum QuarantineCmd {
-    /// List quarantined cgroups.
+    /// List quarantined cgroups (through the agent when it runs, else
+    /// from the state file).
     List {
         #[command(flatten)]
         common: Common,
+        #[command(flatten)]
+        api: ApiArgs,
     },
+}
+
+/// How the CLI reaches the agent's control API.
+#[derive(clap::Args, Clone, Default)]
+struct ApiArgs {
+    /// Control API URL, e.g. https://127.0.0.1:9772 (default: what the
+    /// agent wrote to <state_dir>/control.url, else control.listen).
+    #[arg(long)]
+    api: Option<String>,
+    /// Bearer token file (default control.token_file).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of an HTTPS agent (default control.ca_cert).
+    #[arg(long)]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -308,6 +346,7 @@ fn main() -> ExitCode {
             tick,
             internal_cidrs,
             watch_fstypes,
+            control_addr,
         } => {
             let mut cfg = match load_config(&common) {
                 Ok(c) => c,
@@ -324,6 +363,9 @@ fn main() -> ExitCode {
             }
             if !watch_fstypes.is_empty() {
                 cfg.storage.watch_fstypes = watch_fstypes;
+            }
+            if let Some(a) = control_addr {
+                cfg.control.listen = a;
             }
             if let Err(e) = cfg.validate() {
                 eprintln!("tollgate: {e}");
@@ -446,19 +488,45 @@ fn main() -> ExitCode {
         }
         Cmd::Quarantine {
             list,
+            target,
             common,
+            api,
             cgroup,
             reason,
             ttl,
         } => {
-            let common = match &list {
-                Some(QuarantineCmd::List { common }) => common.clone(),
-                None => common,
+            let (common, api) = match &list {
+                Some(QuarantineCmd::List { common, api }) => (common.clone(), api.clone()),
+                None => (common, api),
             };
             let cfg = match load_config(&common) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let explicit = api.api.is_some();
+            let opts = control::client::options(&cfg, api.api, api.token_file, api.ca_cert);
+            if let Some(t) = target {
+                if cgroup.is_some() {
+                    eprintln!("tollgate: give NAMESPACE/POD or --cgroup PATH, not both");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                if reason.trim().is_empty() {
+                    eprintln!("tollgate: --reason is required (it goes to the audit log)");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+                return print_json(control::client::quarantine(&opts, &t, &reason, ttl));
+            }
+            if list.is_some()
+                && (explicit || control::client::url_from_state(&cfg.agent.state_dir).is_some())
+            {
+                match control::client::list(&opts) {
+                    Ok(v) => return print_json::<_, std::io::Error>(Ok(v)),
+                    Err(e @ control::client::ClientError::Connect { .. }) if !explicit => {
+                        eprintln!("tollgate: {e}; reading the state file instead");
+                    }
+                    Err(e) => return print_json::<(), _>(Err(e)),
+                }
+            }
             let mut q = match open_quarantine(&cfg) {
                 Ok(q) => q,
                 Err(code) => return code,
@@ -471,15 +539,27 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let Some(cgroup) = cgroup else {
-                eprintln!("tollgate: quarantine needs --cgroup PATH (or `quarantine list`)");
+                eprintln!(
+                    "tollgate: quarantine needs NAMESPACE/POD (through the agent) or --cgroup PATH (or `quarantine list`)"
+                );
                 return ExitCode::from(EXIT_USAGE);
             };
             print_json(q.quarantine(&cgroup, &reason, &tollgate::quarantine::cli_user(), ttl))
         }
-        Cmd::Release { common, cgroup } => {
+        Cmd::Release {
+            target,
+            common,
+            api,
+            cgroup,
+        } => {
             let cfg = match load_config(&common) {
                 Ok(c) => c,
                 Err(code) => return code,
+            };
+            let Some(cgroup) = cgroup else {
+                let opts = control::client::options(&cfg, api.api, api.token_file, api.ca_cert);
+                let target = target.unwrap_or_default();
+                return print_json(control::client::release(&opts, &target));
             };
             let mut q = match open_quarantine(&cfg) {
                 Ok(q) => q,

@@ -56,6 +56,24 @@ pub struct Record {
     pub since_unix: u64,
     /// Release automatically at this time.
     pub expires_unix: Option<u64>,
+    /// `namespace/pod` when the target was a Kubernetes pod (or a
+    /// standalone slice/unit) rather than a bare cgroup path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// Who, why and on what grounds: what a quarantine request carries into
+/// the state file and the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    pub reason: String,
+    /// "cli:<user>", "api:<identity>", "agent:<detector>".
+    pub by: String,
+    pub ttl: Option<Duration>,
+    /// `namespace/pod`, when known.
+    pub pod: Option<String>,
+    /// The finding (JSON) behind an automatic quarantine.
+    pub evidence: Option<serde_json::Value>,
 }
 
 fn now_unix() -> u64 {
@@ -213,6 +231,27 @@ impl Quarantine {
         by: &str,
         ttl: Option<Duration>,
     ) -> Result<Record, QuarantineError> {
+        self.quarantine_with(
+            path,
+            &Request {
+                reason: reason.to_owned(),
+                by: by.to_owned(),
+                ttl,
+                ..Request::default()
+            },
+        )
+    }
+
+    /// [`Quarantine::quarantine`] with the pod name and evidence, which go
+    /// to the state file and the audit log.
+    pub fn quarantine_with(
+        &mut self,
+        path: &str,
+        req: &Request,
+    ) -> Result<Record, QuarantineError> {
+        // The CLI (--cgroup) writes the state file too: start from it.
+        self.reload();
+        let (reason, by, ttl) = (req.reason.as_str(), req.by.as_str(), req.ttl);
         let (id, rel) = self.resolve(path)?;
         let since = now_unix();
         self.maps.insert(
@@ -231,16 +270,18 @@ impl Quarantine {
             by: by.to_owned(),
             since_unix: since,
             expires_unix: ttl.map(|t| since + t.as_secs().max(1)),
+            pod: req.pod.clone(),
         };
         self.records.retain(|r| r.cgroup_id != id);
         self.records.push(rec.clone());
         self.save()?;
-        self.log("quarantine", &rec, reason, by);
+        self.log_with("quarantine", &rec, reason, by, req.evidence.as_ref());
         Ok(rec)
     }
 
     /// Lets `path` talk again.
     pub fn release(&mut self, path: &str, by: &str) -> Result<Record, QuarantineError> {
+        self.reload();
         let rel = format!("/{}", path.trim_matches('/'));
         // The cgroup may be gone already: match the record by path first.
         let rec = self
@@ -256,6 +297,7 @@ impl Quarantine {
                     by: String::new(),
                     since_unix: 0,
                     expires_unix: None,
+                    pod: None,
                 })
             })
             .ok_or_else(|| QuarantineError::NotQuarantined(rel.clone()))?;
@@ -272,8 +314,17 @@ impl Quarantine {
         Ok(rec)
     }
 
+    /// The record of a quarantined `namespace/pod`, if any.
+    pub fn find_pod(&mut self, pod: &str) -> Option<Record> {
+        self.reload();
+        self.records
+            .iter()
+            .find(|r| r.pod.as_deref() == Some(pod))
+            .cloned()
+    }
+
     /// Re-reads the state file: the CLI writes it too.
-    fn reload(&mut self) {
+    pub fn reload(&mut self) {
         if let Ok(b) = std::fs::read(&self.state)
             && let Ok(r) = serde_json::from_slice(&b)
         {
@@ -326,6 +377,7 @@ impl Quarantine {
                     by: "agent:reconcile".into(),
                     since_unix: e.since_unix,
                     expires_unix: None,
+                    pod: None,
                 };
                 self.log("adopt", &rec, &rec.reason.clone(), "agent");
                 self.records.push(rec);
@@ -385,7 +437,18 @@ impl Quarantine {
     /// Appends one audit line; failures are logged, never fatal (the
     /// kernel already enforces).
     fn log(&self, action: &str, r: &Record, reason: &str, by: &str) {
-        let line = serde_json::json!({
+        self.log_with(action, r, reason, by, None)
+    }
+
+    fn log_with(
+        &self,
+        action: &str,
+        r: &Record,
+        reason: &str,
+        by: &str,
+        evidence: Option<&serde_json::Value>,
+    ) {
+        let mut line = serde_json::json!({
             "ts_unix": now_unix(),
             "action": action,
             "cgroup": r.path,
@@ -394,7 +457,26 @@ impl Quarantine {
             "by": if by.is_empty() { &r.by } else { by },
             "expires_unix": r.expires_unix,
         });
+        if let Some(p) = &r.pod {
+            line["pod"] = p.clone().into();
+        }
+        if let Some(e) = evidence {
+            line["evidence"] = e.clone();
+        }
         tracing::info!(action, cgroup = %r.path, reason, by, "quarantine audit");
+        self.append_audit(&line);
+    }
+
+    /// Appends any audit event (e.g. a refused control API request) to the
+    /// same log; `ts_unix` is added.
+    pub fn audit(&self, mut event: serde_json::Value) {
+        if let Some(o) = event.as_object_mut() {
+            o.insert("ts_unix".into(), now_unix().into());
+        }
+        self.append_audit(&event);
+    }
+
+    fn append_audit(&self, line: &serde_json::Value) {
         let res = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -12,6 +12,10 @@ use crate::{
     cgroupfs::{self, CgroupError},
     collect::Collector,
     config::Config,
+    control::{
+        self,
+        service::{QuarantineService, SharedService},
+    },
     ebpf::{Dataplane, DataplaneError, LoadOptions, PinDir, StorageStatus},
     inventory::{
         Inventory, Mode,
@@ -20,6 +24,7 @@ use crate::{
     },
     metrics::{self, Capacity, Metrics},
     quarantine::Quarantine,
+    respond::{auto::AutoQuarantine, kube::PodEvents},
     storage::{Mount, WatchRules},
 };
 
@@ -47,6 +52,8 @@ pub enum RunError {
     Caps(#[from] crate::caps::CapsError),
     #[error(transparent)]
     Enforce(#[from] crate::enforce::EnforceError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
 }
 
 /// Options of `tollgate run` beyond the config file.
@@ -78,10 +85,12 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         node: node_name(),
         ..Default::default()
     };
+    let mut cluster_state = None;
     let kubernetes = match start_kubernetes(&cfg).await {
         Ok(Some(cluster)) => {
             health.cluster = Some(cluster.clone());
-            inventory.set_cluster(cluster);
+            inventory.set_cluster(cluster.clone());
+            cluster_state = Some(cluster);
             true
         }
         Ok(None) => false,
@@ -91,7 +100,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
             false
         }
     };
-    let mut quarantine = match Quarantine::open(&pins, mount.clone(), &cfg.agent.state_dir) {
+    let quarantine = match Quarantine::open(&pins, mount.clone(), &cfg.agent.state_dir) {
         Ok(mut q) => {
             q.set_host_netns(cfg.tc.host());
             if let Err(e) = q.reconcile() {
@@ -105,6 +114,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         }
     };
     let mut enforcer = crate::enforce::Enforcer::new(&cfg, &pins, mount.clone())?;
+    let (svc, mut auto) = start_control(&cfg, quarantine, mount.clone(), cluster_state).await?;
     let mut collector = Collector::open(&pins, inventory, cfg.storage.mountinfo.clone())?;
     collector.delete_forgotten(true);
     let rules = WatchRules::new(&cfg.storage.watch_fstypes, &cfg.storage.watch_paths);
@@ -177,8 +187,8 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
         tokio::select! {
             _ = tick.tick() => {
                 let started = std::time::Instant::now();
-                if let Some(q) = quarantine.as_mut() {
-                    q.expire();
+                if let Some(s) = &svc {
+                    s.expire();
                 }
                 let res = collector.tick();
                 if dp.storage == StorageStatus::Active {
@@ -186,13 +196,17 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                 }
                 match res {
                     Ok(mut snap) => {
-                        enforcer.tick(&mut dp, &mut snap, quarantine.as_mut());
+                        match &svc {
+                            Some(s) => s.with(|q| enforcer.tick(&mut dp, &mut snap, Some(q))),
+                            None => enforcer.tick(&mut dp, &mut snap, None),
+                        }
                         metrics.observe_tick(started.elapsed(), snap.cgroups.len());
                         if health.stats_enabled() {
                             *health.programs.lock().expect("lock") = dp.program_stats();
                         }
+                        let records = svc.as_ref().map(|s| s.list());
                         responders.tick(
-                            quarantine.as_ref().map(|q| q.records()),
+                            records.as_deref(),
                             &snap,
                             std::time::SystemTime::now(),
                         );
@@ -205,6 +219,9 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                         if let Some(d) = detection.as_mut() {
                             for f in d.tick(&snap) {
                                 crate::respond::Responder::on_finding(&mut responders, &f);
+                                if let Some(a) = auto.as_mut() {
+                                    crate::respond::Responder::on_finding(a, &f);
+                                }
                             }
                         }
                         tx.send_replace(Some(Arc::new(snap)));
@@ -294,4 +311,49 @@ async fn start_kubernetes(cfg: &Config) -> Result<Option<kube::SharedCluster>, K
     kube::spawn_watches(client, node.clone(), cluster.clone(), ExpBackoff::default());
     tracing::info!(node = %node, "watching this node's pods");
     Ok(Some(cluster))
+}
+
+/// The quarantine service, its control API and the auto-quarantine
+/// responder (fed with findings by the run loop once detection runs).
+async fn start_control(
+    cfg: &Config,
+    quarantine: Option<Quarantine>,
+    mount: PathBuf,
+    cluster: Option<kube::SharedCluster>,
+) -> Result<(Option<SharedService>, Option<AutoQuarantine>), RunError> {
+    let Some(q) = quarantine else {
+        tracing::warn!("control API and auto-quarantine off: the quarantine state is unavailable");
+        return Ok((None, None));
+    };
+    // A second client for writes and reviews; the watches own theirs.
+    let client = match &cluster {
+        Some(_) => match kube::infer_client().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no Kubernetes client for pod labels, Events and token reviews");
+                None
+            }
+        },
+        None => None,
+    };
+    let node = if cfg.inventory.node_name.is_empty() {
+        node_name()
+    } else {
+        cfg.inventory.node_name.clone()
+    };
+    let events = client.clone().map(|c| PodEvents::spawn(c, node));
+    let svc = Arc::new(QuarantineService::new(q, mount, cluster, events));
+    let auto = AutoQuarantine::spawn(cfg.auto_quarantine.clone(), svc.clone());
+    if cfg.control.enabled {
+        let review = client.filter(|_| cfg.control.kubernetes_auth);
+        let kube_auth = review.is_some();
+        let bound = control::start(&cfg.control, &cfg.agent.state_dir, svc.clone(), review).await?;
+        tracing::info!(addr = %bound.addr, url = %bound.url, kubernetes_auth = kube_auth, "serving the control API");
+        tokio::spawn(async move {
+            if let Err(e) = control::serve(bound).await {
+                tracing::error!(error = %e, "control API stopped");
+            }
+        });
+    }
+    Ok((Some(svc), Some(auto)))
 }

@@ -194,6 +194,7 @@ impl Agent {
             // Tests run agents side by side: an ephemeral loopback port each
             // (the agent logs the address it got).
             .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--control-addr", "127.0.0.1:0"])
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
@@ -248,6 +249,23 @@ impl Agent {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// The control API's URL, from the agent's log (it binds an ephemeral
+    /// port in tests); waits for the line (30 s at most).
+    pub fn control_url(&self) -> Result<String> {
+        let mut url = None;
+        cmd::wait_until("control API URL in the agent log", START_TIMEOUT, || {
+            url = self
+                .log()
+                .lines()
+                .find(|l| l.contains("serving the control API"))
+                .and_then(|l| l.split_whitespace().find_map(|w| w.strip_prefix("url=")))
+                .map(str::to_owned);
+            url.is_some()
+        })
+        .map_err(|e| Error::Invalid(format!("{e}; log:\n{}", self.log())))?;
+        Ok(url.unwrap_or_default())
     }
 
     /// Everything the agent printed so far.

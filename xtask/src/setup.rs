@@ -30,7 +30,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("fuse3", "fusermount3 for the bindfs mounts"),
     (
         "openssl",
-        "tests: a private CA for the Alertmanager TLS test",
+        "tests: private CAs for the Alertmanager and control API TLS tests",
     ),
     (
         "prometheus",

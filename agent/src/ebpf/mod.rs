@@ -1113,6 +1113,12 @@ impl QuarantineMaps {
         let removed = match self.entries.remove(&cgroup_id) {
             Ok(()) => true,
             Err(aya::maps::MapError::KeyNotFound) => false,
+            // aya reports a missing key on delete as the syscall's ENOENT.
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                false
+            }
             Err(e) => return Err(map_err(map::QUARANTINE)(e)),
         };
         self.sync_gate()?;

@@ -4,7 +4,9 @@
 //! and return), because the run loop also drains the kernel maps.
 
 pub mod alerts;
+pub mod auto;
 pub mod findings;
+pub mod kube;
 pub mod quarantine_feed;
 pub mod queue;
 
