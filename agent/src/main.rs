@@ -126,7 +126,6 @@ enum Cmd {
         #[arg(long)]
         pin_dir: PathBuf,
     },
-<<<<<<< HEAD
     /// Time quarantine requests to the first stopped packet (for `cargo xtask bench quarantine`).
     #[command(hide = true)]
     BenchQuarantine {
@@ -143,14 +142,10 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         runs: usize,
     },
-    /// Cut a cgroup off the network (standalone: --cgroup PATH relative to
-    /// the cgroup v2 mount); `quarantine list` shows what is cut off.
-=======
     /// Cut a pod off the network: `quarantine NAMESPACE/POD --reason ...`
     /// through the running agent's control API, or without an agent
     /// `--cgroup PATH` (relative to the cgroup v2 mount); `quarantine list`
     /// shows what is cut off.
->>>>>>> quarantine
     #[command(args_conflicts_with_subcommands = true)]
     Quarantine {
         #[command(subcommand)]
