@@ -9,15 +9,15 @@ pub mod cgroupfs;
 pub mod check;
 pub mod collect;
 pub mod config;
-pub mod demo;
 pub mod control;
+pub mod demo;
 pub mod detect;
 #[allow(unsafe_code)]
 pub mod ebpf;
-pub mod health;
 pub mod egress;
 pub mod enforce;
 pub mod enforce_metrics;
+pub mod health;
 pub mod inventory;
 pub mod metrics;
 pub mod netdev;

@@ -61,6 +61,10 @@ fn exposition() -> String {
         storage: Default::default(),
         dns_samples: vec![],
         stratum_hits: vec![],
+        recent_dns_samples: vec![],
+        recent_stratum_hits: vec![],
+        interfaces: vec![],
+        denied: vec![],
     };
     let (_tx, rx) = watch::channel(Some(Arc::new(snap)));
     let mut m = Metrics::new(
@@ -94,6 +98,7 @@ fn exposition() -> String {
             by: "cli:root".into(),
             since_unix: 0,
             expires_unix: None,
+            pod: None,
         }],
         &[row],
         SystemTime::now(),

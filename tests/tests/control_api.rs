@@ -16,9 +16,9 @@ use tollgate_tests::{
     agent::{Agent, TestPinDir},
     cmd::wait_until,
     control::{StateDir, audit, ok, tg},
-    raw_http::request,
     nft::{self, Peer},
     privileged,
+    raw_http::request,
     topology::Topology,
     traffic::Sink,
 };

@@ -21,10 +21,10 @@ use tollgate_tests::{
     agent::{Agent, TestPinDir, tollgate_bin},
     cgroup::TestCgroup,
     cmd::wait_until,
-    raw_http::request,
     kube_api::{Call, KubeApi},
     netns::Netns,
     privileged,
+    raw_http::request,
 };
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_tg-traffic");

@@ -12,8 +12,8 @@ use tollgate_tests::{
     agent::{Agent, TestPinDir},
     cgroup::TestCgroup,
     control::{StateDir, ok, tg},
-    raw_http::request,
     privileged,
+    raw_http::request,
 };
 
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_tg-traffic");

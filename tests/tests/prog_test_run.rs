@@ -303,7 +303,7 @@ fn a_million_random_and_mutated_packets_pass_and_are_counted() {
         let mut f = if i % 4 == 3 {
             let len = 54 + rng.next() as usize % (1514 - 54 + 1);
             let mut f: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            let et: &[u8] = if rng.next() % 2 == 0 {
+            let et: &[u8] = if rng.next().is_multiple_of(2) {
                 &[0x08, 0x00]
             } else {
                 &[0x86, 0xdd]

@@ -176,7 +176,7 @@ fn notebook(inet: &str, seconds: u64) -> std::io::Result<()> {
     let pkgs = addr(inet, PACKAGES_PORT)?;
     let mut i = 0u64;
     while Instant::now() < end {
-        if i % 4 == 0 {
+        if i.is_multiple_of(4) {
             // pip install: a few downloads in a row.
             for _ in 0..3 {
                 if let Ok(mut c) = connect(pkgs) {

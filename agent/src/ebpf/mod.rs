@@ -18,8 +18,8 @@
 //!   counts it.
 
 pub mod btf;
-pub mod signals;
 pub mod policy;
+pub mod signals;
 pub mod sys;
 pub mod tc;
 

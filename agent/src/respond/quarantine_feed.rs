@@ -214,6 +214,7 @@ mod tests {
             by: "cli:root".into(),
             since_unix: 1_800_000_000,
             expires_unix: None,
+            pod: None,
         }
     }
 

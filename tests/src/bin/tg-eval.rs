@@ -370,8 +370,8 @@ fn live(cli: &Cli) -> Result<bool, String> {
     drop(background);
 
     println!(
-        "\n{:<10} {:<9} {:<38} {:<10} {:<22} {}",
-        "pod", "label", "scenario", "detected", "detector", "time to detect"
+        "\n{:<10} {:<9} {:<38} {:<10} {:<22} time to detect",
+        "pod", "label", "scenario", "detected", "detector"
     );
     let (mut tp, mut attacks_n, mut detected_n, mut benign_alerts, mut benign_pods) =
         (0, 0, 0, 0, 0);

@@ -176,7 +176,7 @@ fn hop(list: &std::path::Path, to: SocketAddr, size: usize) -> Result<()> {
         ctx("send", s.send_to(&data, to))?;
         n += 1;
     }
-    say(&n.to_string());
+    say(n);
     Ok(())
 }
 

@@ -49,6 +49,8 @@ fn snap(t: u64, rows: Vec<CgroupRow>) -> Snapshot {
         stratum_hits: Vec::new(),
         recent_dns_samples: Vec::new(),
         recent_stratum_hits: Vec::new(),
+        interfaces: Vec::new(),
+        denied: Vec::new(),
     }
 }
 
