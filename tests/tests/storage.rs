@@ -490,8 +490,12 @@ fn full_storage_map_counts_into_the_overflow_entry() {
     let pins = TestPinDir::new().expect("pin dir");
     let _agent = Agent::start(
         pins.path(),
+        // Only this test's mount: other storage tests running alongside
+        // write on bindfs mounts of their own, which must not spill into
+        // this agent's (deliberately tiny) map.
         &config(&format!(
-            "watch_fstypes = [\"fuse.bindfs\"]\nstats_entries = {ENTRIES}"
+            "watch_paths = [{:?}]\nstats_entries = {ENTRIES}",
+            w.display().to_string()
         )),
     )
     .expect("agent starts");
