@@ -346,3 +346,21 @@ pub fn top_until(pin_dir: &Path, timeout: Duration, done: impl Fn(&Top) -> bool)
     });
     last.expect("tollgate top answered at least once")
 }
+
+/// Runs `tollgate <args> --pin-dir P --state-dir S`; returns stdout.
+pub fn tg(pins: &Path, state: &Path, args: &[&str]) -> String {
+    let out = Command::new(tollgate_bin())
+        .args(args)
+        .arg("--pin-dir")
+        .arg(pins)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .expect("tollgate runs");
+    assert!(
+        out.status.success(),
+        "tollgate {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

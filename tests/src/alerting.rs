@@ -8,30 +8,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{agent::tollgate_bin, cgroup::TestCgroup, cmd::wait_until, http::Webhook};
+use crate::{cgroup::TestCgroup, cmd::wait_until, http::Webhook};
 
 /// How long the alert tests wait for anything.
 pub const WAIT: Duration = Duration::from_secs(60);
 /// NODE_NAME the alert tests give the agent.
 pub const NODE: &str = "tg-alerts-node";
 
-/// Runs `tollgate <args> --pin-dir P --state-dir S`; returns stdout.
-pub fn tg(pins: &Path, state: &Path, args: &[&str]) -> String {
-    let out = Command::new(tollgate_bin())
-        .args(args)
-        .arg("--pin-dir")
-        .arg(pins)
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .expect("tollgate runs");
-    assert!(
-        out.status.success(),
-        "tollgate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+/// The CLI runner shared with the quarantine tests.
+pub use crate::agent::tg;
 
 /// Agent config: 200 ms ticks, standalone, alerts to `urls` (re-sent every
 /// 3 s, backoff 100 ms..1 s), dashboard links to grafana.test.

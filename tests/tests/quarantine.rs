@@ -8,13 +8,12 @@
 
 use std::{
     net::{IpAddr, SocketAddr},
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use tollgate_tests::{
-    agent::{Agent, TestPinDir, tollgate_bin},
+    agent::{Agent, TestPinDir, tg},
     cgroup::TestCgroup,
     nft::{self, Peer},
     privileged,
@@ -25,24 +24,6 @@ use tollgate_tests::{
 const TRAFFIC: &str = env!("CARGO_BIN_EXE_tg-traffic");
 const WAIT: Duration = Duration::from_secs(30);
 const CONFIG: &str = "[agent]\ntick = \"200ms\"\n";
-
-/// Runs `tollgate <args> --pin-dir P --state-dir S`; returns stdout.
-fn tg(pins: &Path, state: &Path, args: &[&str]) -> String {
-    let out = Command::new(tollgate_bin())
-        .args(args)
-        .arg("--pin-dir")
-        .arg(pins)
-        .arg("--state-dir")
-        .arg(state)
-        .output()
-        .expect("tollgate runs");
-    assert!(
-        out.status.success(),
-        "tollgate {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Bytes the internet host has received from `from` (nft input counter in
 /// its own namespace: what really got through).
