@@ -47,6 +47,8 @@ fn snap(t: u64, rows: Vec<CgroupRow>) -> Snapshot {
         storage: StorageSummary::default(),
         dns_samples: Vec::new(),
         stratum_hits: Vec::new(),
+        recent_dns_samples: Vec::new(),
+        recent_stratum_hits: Vec::new(),
     }
 }
 
