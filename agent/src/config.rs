@@ -549,4 +549,27 @@ mod tests {
         assert!(t.contains(&("198.18.0.0/16".parse().unwrap(), true)));
         assert!(t.contains(&("198.18.9.0/24".parse().unwrap(), false)));
     }
+
+    #[test]
+    fn signal_keys_are_validated_and_reach_the_kernel_config() {
+        for (text, key) in [
+            ("dns_events_bytes = 5000", "maps.dns_events_bytes"),
+            ("stratum_events_bytes = 1024", "maps.stratum_events_bytes"),
+            ("stratum_packets = 0", "maps.stratum_packets"),
+            ("dns_samples_per_sec = 200000", "maps.dns_samples_per_sec"),
+            ("dns_rate_entries = 1", "maps.dns_rate_entries"),
+        ] {
+            let c = Config::parse(&format!("[maps]\n{text}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        let c = Config::parse("[maps]\ndns_samples_per_sec = 0\nstratum_packets = 3\n").unwrap();
+        c.validate().unwrap();
+        let k = c.maps.signal_config();
+        assert_eq!((k.dns_samples_per_sec, k.stratum_packets), (0, 3));
+        assert!(
+            Config::parse("[maps]\nstratum_packet = 3\n").is_err(),
+            "unknown key"
+        );
+    }
 }
