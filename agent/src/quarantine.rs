@@ -88,6 +88,8 @@ pub struct Quarantine {
     maps: QuarantineMaps,
     cgroup_mount: PathBuf,
     state: PathBuf,
+    /// `quarantine.lock`: serialises read-modify-writes of `state`.
+    lock: PathBuf,
     audit: PathBuf,
     records: Vec<Record>,
     /// Where pods' host-side interfaces live (`tc.netns`).
@@ -107,6 +109,7 @@ impl Quarantine {
         };
         std::fs::create_dir_all(state_dir).map_err(io("creating", state_dir))?;
         let state = state_dir.join("quarantine.json");
+        let lock = state_dir.join("quarantine.lock");
         let records = match std::fs::read(&state) {
             Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
                 tracing::warn!(file = %state.display(), error = %e, "unreadable quarantine state; the kernel map stays authoritative");
@@ -120,6 +123,7 @@ impl Quarantine {
             cgroup_mount,
             audit: state_dir.join("audit.log"),
             state,
+            lock,
             records,
             host: HostNetns::new(Path::new("")),
             ifmaps: IfMaps::open(pins)?,
@@ -250,6 +254,7 @@ impl Quarantine {
         req: &Request,
     ) -> Result<Record, QuarantineError> {
         // The CLI (--cgroup) writes the state file too: start from it.
+        let _lock = self.lock_state()?;
         self.reload();
         let (reason, by, ttl) = (req.reason.as_str(), req.by.as_str(), req.ttl);
         let (id, rel) = self.resolve(path)?;
@@ -281,6 +286,7 @@ impl Quarantine {
 
     /// Lets `path` talk again.
     pub fn release(&mut self, path: &str, by: &str) -> Result<Record, QuarantineError> {
+        let _lock = self.lock_state()?;
         self.reload();
         let rel = format!("/{}", path.trim_matches('/'));
         // The cgroup may be gone already: match the record by path first.
@@ -334,6 +340,13 @@ impl Quarantine {
 
     /// Releases quarantines whose TTL has passed.
     pub fn expire(&mut self) -> Vec<Record> {
+        let _lock = match self.lock_state() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "locking the quarantine state failed; expiring next tick");
+                return Vec::new();
+            }
+        };
         self.reload();
         let now = now_unix();
         let due: Vec<Record> = self
@@ -367,6 +380,8 @@ impl Quarantine {
     /// agent); records whose entry vanished (pins removed, reboot) are put
     /// back if their cgroup still exists.
     pub fn reconcile(&mut self) -> Result<(), QuarantineError> {
+        let _lock = self.lock_state()?;
+        self.reload();
         let kernel = self.maps.list();
         for (id, e) in &kernel {
             if !self.records.iter().any(|r| r.cgroup_id == *id) {
@@ -415,6 +430,25 @@ impl Quarantine {
         }
         self.maps.sync_gate()?;
         self.save()
+    }
+
+    /// Takes the state lock (an exclusive flock on `quarantine.lock`,
+    /// released when the returned file drops) for one read-modify-write:
+    /// the agent and the CLI both write the state file, and without the
+    /// lock a save by one could drop a record the other had just written.
+    fn lock_state(&self) -> Result<std::fs::File, QuarantineError> {
+        let io = |what| {
+            let path = self.lock.clone();
+            move |source| QuarantineError::Io { what, path, source }
+        };
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.lock)
+            .map_err(io("opening"))?;
+        f.lock().map_err(io("locking"))?;
+        Ok(f)
     }
 
     fn save(&self) -> Result<(), QuarantineError> {

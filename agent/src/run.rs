@@ -181,6 +181,7 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     let mut term =
         tokio::signal::unix::signal(SignalKind::terminate()).map_err(RunError::Signal)?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt()).map_err(RunError::Signal)?;
+    let mut trimmer = crate::memory::Trimmer::default();
     let mut tick = tokio::time::interval(cfg.agent.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -224,7 +225,11 @@ pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
                                 }
                             }
                         }
+                        let live = snap.cgroups.len();
                         tx.send_replace(Some(Arc::new(snap)));
+                        if trimmer.observe(live) {
+                            tracing::debug!(cgroups = live, "returned freed memory after pod churn");
+                        }
                     }
                     Err(e) => tracing::warn!(error = %e, "collection pass failed; retrying next tick"),
                 }

@@ -205,3 +205,79 @@ fn cgroup_only_pod_is_quarantined_and_ttl_expires() {
     assert!(audit.contains("\"action\":\"expire\""), "{audit}");
     let _ = std::fs::remove_dir_all(&state);
 }
+
+/// The CLI and the agent both rewrite the state file. Twelve CLI processes
+/// quarantining (then releasing) twelve cgroups at once, next to a running
+/// agent that expires and reconciles, must leave exactly the twelve records
+/// (then none): the state lock keeps one writer from saving over another's
+/// record.
+#[test]
+fn concurrent_writers_keep_every_record() {
+    privileged!();
+    const N: usize = 12;
+    let pins = TestPinDir::new().expect("pin dir");
+    let state = std::env::temp_dir().join(format!("tg-state-{}", tollgate_tests::unique_suffix()));
+    let config = format!("{CONFIG}state_dir = \"{}\"\n", state.display());
+    let _agent = Agent::start(pins.path(), &config).expect("agent starts");
+    let cgs: Vec<TestCgroup> = (0..N)
+        .map(|i| TestCgroup::new(&format!("conc{i}")).expect("cgroup"))
+        .collect();
+    let run_all = |args: &dyn Fn(usize, &str) -> Vec<String>| {
+        let children: Vec<_> = cgs
+            .iter()
+            .enumerate()
+            .map(|(i, cg)| {
+                Command::new(tollgate_tests::agent::tollgate_bin())
+                    .args(args(i, &cg.rel_path()))
+                    .arg("--pin-dir")
+                    .arg(pins.path())
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("tollgate spawns")
+            })
+            .collect();
+        for (i, c) in children.into_iter().enumerate() {
+            let out = c.wait_with_output().expect("tollgate runs");
+            assert!(
+                out.status.success(),
+                "writer {i} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    };
+    let records = || -> Vec<serde_json::Value> {
+        serde_json::from_slice(&std::fs::read(state.join("quarantine.json")).expect("state file"))
+            .expect("state JSON")
+    };
+
+    run_all(&|i, rel| {
+        ["quarantine", "--cgroup", rel, "--reason"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([format!("writer {i}")])
+            .collect()
+    });
+    let recs = records();
+    let mut reasons: Vec<String> = recs
+        .iter()
+        .map(|r| r["reason"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    reasons.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("writer {i}")).collect();
+    want.sort();
+    assert_eq!(reasons, want, "every concurrent quarantine kept its record");
+    let list = tg(pins.path(), &state, &["quarantine", "list"]);
+    for cg in &cgs {
+        assert!(
+            list.contains(&cg.rel_path()),
+            "{} listed: {list}",
+            cg.rel_path()
+        );
+    }
+
+    run_all(&|_, rel| vec!["release".into(), "--cgroup".into(), rel.into()]);
+    assert_eq!(records().len(), 0, "every concurrent release took effect");
+}

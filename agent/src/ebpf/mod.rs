@@ -997,14 +997,18 @@ impl PinnedMaps {
 
     /// Kernel health counters, summed over CPUs, by slot.
     pub fn counters(&self) -> io::Result<[u64; COUNTER_SLOTS as usize]> {
+        // One batch syscall for all slots (read every tick).
         let mut out = [0u64; COUNTER_SLOTS as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let v = self
-                .counters
-                .get(&(i as u32), 0)
-                .map_err(|e| io::Error::other(e.to_string()))?;
-            *slot = v.iter().sum();
-        }
+        sys::lookup_batch_each::<u32, u64>(
+            self.counters.map().fd().as_fd(),
+            sys::Values::PerCpu(self.ncpu),
+            COUNTER_SLOTS,
+            |k, per_cpu| {
+                if let Some(slot) = out.get_mut(k as usize) {
+                    *slot = per_cpu.sum();
+                }
+            },
+        )?;
         Ok(out)
     }
 

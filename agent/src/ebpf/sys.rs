@@ -109,44 +109,57 @@ pub fn lookup_batch_each<K: Pod, V: Pod>(
     let mut in_tok = vec![0u8; tok_len];
     let mut out_tok = vec![0u8; tok_len];
     let mut first = true;
-    let mut keys = Vec::new();
-    let mut vals = Vec::new();
-    loop {
-        keys.resize(size_of::<K>() * batch as usize, 0u8);
-        vals.resize(stride * ncpu * batch as usize, 0u8);
-        let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { in_tok.as_mut_ptr() as u64 },
-            out_batch: out_tok.as_mut_ptr() as u64,
-            keys: keys.as_mut_ptr() as u64,
-            values: vals.as_mut_ptr() as u64,
-            count: batch,
-            map_fd: fd.as_raw_fd() as u32,
-            ..Default::default()
-        };
-        let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let done = match res {
-            Ok(_) => false,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
-            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && attr.count == 0 => {
-                // A bucket holds more entries than `batch`: retry larger.
-                batch = batch.saturating_mul(2);
-                continue;
+    // Buffers reused across calls (every tick drains three maps): fresh
+    // ones cost a zero-fill and, past glibc's mmap threshold, page faults
+    // on every call.
+    let (mut keys, mut vals) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    let mut drain = || -> io::Result<()> {
+        loop {
+            keys.resize(size_of::<K>() * batch as usize, 0u8);
+            vals.resize(stride * ncpu * batch as usize, 0u8);
+            let mut attr = BatchAttr {
+                in_batch: if first { 0 } else { in_tok.as_mut_ptr() as u64 },
+                out_batch: out_tok.as_mut_ptr() as u64,
+                keys: keys.as_mut_ptr() as u64,
+                values: vals.as_mut_ptr() as u64,
+                count: batch,
+                map_fd: fd.as_raw_fd() as u32,
+                ..Default::default()
+            };
+            let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+            let done = match res {
+                Ok(_) => false,
+                Err(e) if e.raw_os_error() == Some(libc::ENOENT) => true,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && attr.count == 0 => {
+                    // A bucket holds more entries than `batch`: retry larger.
+                    batch = batch.saturating_mul(2);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for i in 0..attr.count as usize {
+                let key = read::<K>(&keys[i * size_of::<K>()..]);
+                let base = i * stride * ncpu;
+                let vals = &vals;
+                let mut it = (0..ncpu).map(move |c| read::<V>(&vals[base + c * stride..]));
+                f(key, &mut it);
             }
-            Err(e) => return Err(e),
-        };
-        for i in 0..attr.count as usize {
-            let key = read::<K>(&keys[i * size_of::<K>()..]);
-            let base = i * stride * ncpu;
-            let vals = &vals;
-            let mut it = (0..ncpu).map(move |c| read::<V>(&vals[base + c * stride..]));
-            f(key, &mut it);
+            if done {
+                return Ok(());
+            }
+            std::mem::swap(&mut in_tok, &mut out_tok);
+            first = false;
         }
-        if done {
-            return Ok(());
-        }
-        std::mem::swap(&mut in_tok, &mut out_tok);
-        first = false;
-    }
+    };
+    let res = drain();
+    SCRATCH.with(|s| *s.borrow_mut() = (keys, vals));
+    res
+}
+
+thread_local! {
+    /// Key and value buffers of [`lookup_batch_each`], kept between calls.
+    static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }
 
 /// Copies a `T` out of the front of `bytes`, if it is long enough.

@@ -25,6 +25,9 @@ const PARENT: &str = "tollgate-bench-scale";
 /// Traffic target: loopback discard port (nothing needs to listen).
 const TARGET: &str = "127.0.0.1:9";
 
+/// Seconds of traffic before each measurement window.
+const WARMUP_SECS: u64 = 5;
+
 #[derive(Args)]
 pub struct ScaleArgs {
     /// Cgroup counts to measure, in increasing order.
@@ -260,8 +263,14 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         std::fs::write(&config, sized_config(n, "60s"))?;
         let (agent, addr) = start_agent(&bin, &config)?;
         cgs.grow(n)?;
-        cgs.hop_round()?;
-        sleep(Duration::from_secs(2));
+        // Warm-up, not measured: the first ticks name every new cgroup and
+        // create its series and windows once (a start-up cost, not a
+        // per-tick one).
+        let warm = Instant::now();
+        while warm.elapsed() < Duration::from_secs(WARMUP_SECS) {
+            cgs.hop_round()?;
+            sleep(Duration::from_millis(200));
+        }
         let before = http_get(&addr, "/metrics")?;
         let cpu0 = cpu_seconds(agent.pid())?;
         let t0 = Instant::now();
@@ -360,11 +369,13 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
             c.pods
         );
         println!(
-            "  RSS before {:.1} MiB | with all pods shown {:.1} MiB | after grace {:.1} MiB ({:+.1} MiB vs before)",
+            "  RSS before {:.1} MiB | same span without churn {:.1} MiB | with all pods shown {:.1} MiB | after grace {:.1} MiB ({:+.1} MiB vs before, {:+.1} MiB vs no churn)",
             c.rss_before,
+            c.rss_control,
             c.rss_peak,
             c.rss_after,
-            c.rss_after - c.rss_before
+            c.rss_after - c.rss_before,
+            c.rss_after - c.rss_control
         );
         println!(
             "  per-pod series before {} | with the pods {} | after grace {} ({} stale)",
@@ -380,6 +391,10 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
 struct Churn {
     pods: usize,
     rss_before: f64,
+    /// After as long again with the resident pods only: the agent's own
+    /// growth (windows filling, baselines learning), which churn must not
+    /// add to.
+    rss_control: f64,
     rss_peak: f64,
     rss_after: f64,
     series_before: usize,
@@ -395,13 +410,20 @@ fn churn(bin: &Path, config: &Path, cgs: &mut Cgroups, pods: usize) -> Result<Ch
     cgs.shrink(base)?;
     std::fs::write(config, sized_config(base + pods, "2s"))?;
     let (agent, addr) = start_agent(bin, config)?;
-    // Warm up on the resident pods first: the level churn must return to.
-    for _ in 0..5 {
+    // Warm up on the resident pods first (past the first 10 s window):
+    // the level churn must return to.
+    for _ in 0..12 {
         cgs.hop_round()?;
         sleep(Duration::from_secs(1));
     }
     let rss_before = rss_mib(agent.pid())?;
     let series_before = pod_series(&http_get(&addr, "/metrics")?);
+    // The same span as the churn phase below, without churn.
+    for _ in 0..9 {
+        cgs.hop_round()?;
+        sleep(Duration::from_secs(1));
+    }
+    let rss_control = rss_mib(agent.pid())?;
     cgs.grow(base + pods)?;
     cgs.hop_round()?;
     sleep(Duration::from_secs(3));
@@ -419,6 +441,7 @@ fn churn(bin: &Path, config: &Path, cgs: &mut Cgroups, pods: usize) -> Result<Ch
     Ok(Churn {
         pods,
         rss_before,
+        rss_control,
         rss_peak,
         rss_after,
         series_before,
