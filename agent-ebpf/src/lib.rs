@@ -53,6 +53,7 @@ pub const ABI_VERSION: u32 = 1;
 /// | `TG_POL_GATE` | ARRAY[1] | 0 -> number of entries in `TG_POL_CG` (u32) | agent | same readers, first: 0 skips the walk | 1 | fixed |
 /// | `TG_POL_ALLOW` | LPM_TRIE | [`PolicyAddr`] (policy id, then address) -> [`AllowPorts`] | agent at start / config change | same readers | 4096 | agent refuses the config |
 /// | `TG_DENIED` | LRU_HASH | [`PeerKey`] (cgroup, destination) -> [`DeniedStats`] | cgroup_skb egress, connect/sendmsg (policy denials) | collector | 16384 | least recently denied destination forgotten (its per-cgroup sum drops with it) |
+/// | `TG_ST_INFLIGHT` | ARRAY[1] | 0 -> entries sys_enter put in `TG_ST_PENDING` and sys_exit has not taken yet (u64) | sys_enter (+1), sys_exit (-1) | sys_exit, first: 0 skips the syscall-number read and the stash lookup | 1 | fixed. A stash left by a thread that never reached sys_exit keeps it above 0, which only costs speed |
 /// | `TG_ST_PENDING` | HASH | pid_tgid (u64) -> [`PendingIo`] | sys_enter (watched fds only) | sys_exit (lookup + delete) | 16384 (threads inside a watched read/write at once) | call not counted, [`Counter::StoragePendingFull`] += 1. A plain hash, not an LRU: the LRU's per-CPU free lists evict live entries under churn (measured: 0.5% of 100k tight-loop writes lost) |
 pub mod map {
     pub const CGROUP_STATS: &str = "TG_CG_STATS";
@@ -77,9 +78,10 @@ pub mod map {
     pub const POLICY_GATE: &str = "TG_POL_GATE";
     pub const POLICY_ALLOW: &str = "TG_POL_ALLOW";
     pub const DENIED: &str = "TG_DENIED";
+    pub const STORAGE_INFLIGHT: &str = "TG_ST_INFLIGHT";
 
     /// Every map the agent pins, for pin management and `tollgate check`.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 23] = [
         CGROUP_STATS,
         FLOWS,
         CIDRS,
@@ -102,6 +104,7 @@ pub mod map {
         POLICY_GATE,
         POLICY_ALLOW,
         DENIED,
+        STORAGE_INFLIGHT,
     ];
 
     pub const DEFAULT_CGROUP_STATS_ENTRIES: u32 = 4096;
@@ -490,6 +493,8 @@ pub struct KernelOffsets {
     pub file_inode: u32,
     /// `inode.i_sb`
     pub inode_sb: u32,
+    /// `inode.i_mode` (u16): only regular files are storage I/O.
+    pub inode_mode: u32,
     /// `super_block.s_dev`
     pub sb_dev: u32,
     /// `super_block.s_magic`
@@ -499,8 +504,9 @@ pub struct KernelOffsets {
     pub regs_arg: [u32; 6],
     /// `pt_regs.orig_ax`: the syscall number at sys_exit.
     pub regs_syscall: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 64);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
 
 /// Symbol of the [`KernelOffsets`] global in the object.
 pub const KERNEL_OFFSETS_SYMBOL: &str = "TG_KOFFS";

@@ -49,6 +49,9 @@ pub static ST_DEVS: HashMap<u32, u32> = HashMap::pinned(DEFAULT_STORAGE_DEV_ENTR
 #[map(name = "TG_ST_MAGICS")]
 pub static ST_MAGICS: HashMap<u64, u32> = HashMap::pinned(DEFAULT_STORAGE_MAGIC_ENTRIES, 0);
 
+#[map(name = "TG_ST_INFLIGHT")]
+pub static ST_INFLIGHT: aya_ebpf::maps::Array<u64> = aya_ebpf::maps::Array::pinned(1, 0);
+
 #[map(name = "TG_ST_PENDING")]
 pub static ST_PENDING: HashMap<u64, PendingIo> =
     HashMap::pinned(DEFAULT_STORAGE_PENDING_ENTRIES, 0);

@@ -4,20 +4,23 @@
 //!
 //! sys_enter runs for every syscall on the host, so it leaves at once
 //! unless the call is one of the read/write family. For those it resolves
-//! the fd to its super block (task -> files -> fdtable -> file -> inode ->
-//! super_block, at offsets the agent read from the kernel's BTF) and, only
-//! when the device or the fs magic is watched, stashes the device for the
-//! thread. sys_exit reads the syscall number from pt_regs (one probe read),
+//! the fd to its inode (task -> files -> fdtable -> file -> inode, at
+//! offsets the agent read from the kernel's BTF); anything but a regular
+//! file (sockets, pipes, ttys: the high-rate cases) stops there. For a
+//! regular file it reads the super block and, only when the device or the
+//! fs magic is watched, stashes the device for the thread and counts the
+//! stash in `TG_ST_INFLIGHT`. sys_exit leaves at once while that count is
+//! 0 (an array read); otherwise it reads the syscall number from pt_regs
 //! and for the same family takes (lookup + delete) the thread's stash and
-//! counts a positive result. Unwatched fds cost the probe reads and two
-//! hash misses at entry and one hash miss at exit; nothing is written.
+//! counts a positive result. A socket write thus costs seven probe reads
+//! at entry and one array read at exit; nothing is written.
 //!
 //! Deleting the stash at exit also deduplicates: while an upgraded agent
 //! swaps links, old and new programs briefly both run, and only the first
 //! sys_exit program finds the stash.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_EXIST, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel,
         generated::{bpf_get_current_cgroup_id, bpf_get_current_task},
@@ -31,7 +34,7 @@ use tollgate_ebpf::{
 };
 
 use super::{
-    maps::{ST_DEVS, ST_MAGICS, ST_PENDING, ST_STATS},
+    maps::{ST_DEVS, ST_INFLIGHT, ST_MAGICS, ST_PENDING, ST_STATS},
     stats::{add, bump},
 };
 
@@ -46,10 +49,12 @@ static TG_KOFFS: KernelOffsets = KernelOffsets {
     fdt_fd: 0,
     file_inode: 0,
     inode_sb: 0,
+    inode_mode: 0,
     sb_dev: 0,
     sb_magic: 0,
     regs_arg: [0; 6],
     regs_syscall: 0,
+    _pad: 0,
 };
 
 #[inline(always)]
@@ -104,16 +109,13 @@ fn resolve(o: &KernelOffsets, fd: u64) -> Resolved {
     let Some(fdt) = read_u64(files + o.files_fdt as u64) else {
         return Resolved::Failed;
     };
-    let Some(max) = read_u32(fdt + o.fdt_max_fds as u64) else {
+    let Some((max, fds)) = read_fdtable(o, fdt) else {
         return Resolved::Failed;
     };
     if fd >= max as u64 {
         // Not an open fd: the call fails with EBADF.
         return Resolved::Unwatched;
     }
-    let Some(fds) = read_u64(fdt + o.fdt_fd as u64) else {
-        return Resolved::Failed;
-    };
     let Some(file) = read_u64(fds + fd * 8) else {
         return Resolved::Failed;
     };
@@ -123,6 +125,16 @@ fn resolve(o: &KernelOffsets, fd: u64) -> Resolved {
     let Some(inode) = read_u64(file + o.file_inode as u64) else {
         return Resolved::Failed;
     };
+    // SAFETY: as in `read_u64`.
+    let Ok(mode) = (unsafe { bpf_probe_read_kernel((inode + o.inode_mode as u64) as *const u16) })
+    else {
+        return Resolved::Failed;
+    };
+    if mode & S_IFMT != S_IFREG {
+        // Sockets, pipes, devices: their bytes are not storage I/O even
+        // when the inode lives on a watched mount.
+        return Resolved::Unwatched;
+    }
     let Some(sb) = read_u64(inode + o.inode_sb as u64) else {
         return Resolved::Failed;
     };
@@ -139,6 +151,35 @@ fn resolve(o: &KernelOffsets, fd: u64) -> Resolved {
         Resolved::Watched(dev)
     } else {
         Resolved::Unwatched
+    }
+}
+
+const S_IFMT: u16 = 0o170000;
+const S_IFREG: u16 = 0o100000;
+
+/// `fdtable.max_fds` and `fdtable.fd`: one read when `fd` follows
+/// `max_fds` at the next 8-byte slot (the layout of every kernel since
+/// 2.6), two otherwise.
+#[inline(always)]
+fn read_fdtable(o: &KernelOffsets, fdt: u64) -> Option<(u32, u64)> {
+    if o.fdt_fd == o.fdt_max_fds + 8 {
+        // SAFETY: as in `read_u64`; `[u64; 2]` has no invalid values.
+        let pair =
+            unsafe { bpf_probe_read_kernel((fdt + o.fdt_max_fds as u64) as *const [u64; 2]) }
+                .ok()?;
+        return Some((pair[0] as u32, pair[1]));
+    }
+    Some((
+        read_u32(fdt + o.fdt_max_fds as u64)?,
+        read_u64(fdt + o.fdt_fd as u64)?,
+    ))
+}
+
+/// Stashes still waiting for their sys_exit (see `TG_ST_INFLIGHT`).
+#[inline(always)]
+fn inflight_add(delta: u64) {
+    if let Some(p) = ST_INFLIGHT.get_ptr_mut(0) {
+        add(p, delta);
     }
 }
 
@@ -177,7 +218,12 @@ fn try_sys_enter(ctx: &RawTracePointContext) {
             syscall: nr as u32,
             flags,
         };
-        if ST_PENDING.insert(bpf_get_current_pid_tgid(), p, 0).is_err() {
+        let tid = bpf_get_current_pid_tgid();
+        if ST_PENDING.insert(tid, p, BPF_NOEXIST as u64).is_ok() {
+            inflight_add(1);
+        } else if ST_PENDING.insert(tid, p, BPF_EXIST as u64).is_err() {
+            // Neither new (map full) nor a stale stash of this thread to
+            // replace (which keeps its count).
             bump(Counter::StoragePendingFull);
         }
     }
@@ -216,6 +262,10 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
     if o.enabled == 0 {
         return;
     }
+    // Nobody is inside a watched read/write: nothing to take.
+    if !matches!(ST_INFLIGHT.get(0), Some(n) if *n != 0) {
+        return;
+    }
     // TP_PROTO(struct pt_regs *regs, long ret)
     let regs: u64 = ctx.arg(0);
     let Some(nr) = read_u64(regs + o.regs_syscall as u64) else {
@@ -235,6 +285,7 @@ fn try_sys_exit(ctx: &RawTracePointContext) {
     if ST_PENDING.remove(tid).is_err() {
         return;
     }
+    inflight_add(u64::MAX); // -1
     let ret: i64 = ctx.arg(1);
     if ret <= 0 || p.syscall as u64 != nr {
         return;

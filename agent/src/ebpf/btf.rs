@@ -275,6 +275,7 @@ impl Btf {
             fdt_fd: m("fdtable", "fd")?,
             file_inode: m("file", "f_inode")?,
             inode_sb: m("inode", "i_sb")?,
+            inode_mode: m("inode", "i_mode")?,
             sb_dev: m("super_block", "s_dev")?,
             sb_magic: m("super_block", "s_magic")?,
             regs_arg: [
@@ -286,6 +287,7 @@ impl Btf {
                 m("pt_regs", "r9")?,
             ],
             regs_syscall: m("pt_regs", "orig_ax")?,
+            _pad: 0,
         })
     }
 }

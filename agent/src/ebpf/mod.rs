@@ -33,8 +33,8 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        HashMap, IterableMap as _, LpmTrie, MapData, MapInfo, MapType, PerCpuArray, PerCpuHashMap,
-        PerCpuValues, lpm_trie::Key,
+        Array, HashMap, IterableMap as _, LpmTrie, MapData, MapInfo, MapType, PerCpuArray,
+        PerCpuHashMap, PerCpuValues, lpm_trie::Key,
     },
     programs::{
         CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Program, RawTracePoint,
@@ -223,6 +223,7 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32)> {
         ),
         map::POLICY_CGROUPS => (MapType::Hash, 8, 4),
         map::POLICY_GATE => (MapType::Array, 4, 4),
+        map::STORAGE_INFLIGHT => (MapType::Array, 4, 8),
         map::POLICY_ALLOW => (
             MapType::LpmTrie,
             4 + size_of::<tollgate_ebpf::PolicyAddr>() as u32,
@@ -453,7 +454,29 @@ impl Dataplane {
                 .insert(m, 1, 0)
                 .map_err(map_err(map::STORAGE_MAGICS))?;
         }
+        self.seed_storage_inflight()?;
         self.seed_storage_overflow()
+    }
+
+    /// Stashes pinned by an agent whose programs predate `TG_ST_INFLIGHT`
+    /// (or a count lost with its pin) would be skipped by sys_exit while
+    /// the count reads 0: start it at the number of stashes found. One
+    /// that never completes only keeps sys_exit on its slower path.
+    fn seed_storage_inflight(&mut self) -> Result<()> {
+        let pending = {
+            let m: HashMap<_, u64, PendingIo> =
+                HashMap::try_from(self.map_mut(map::STORAGE_PENDING)?)
+                    .map_err(map_err(map::STORAGE_PENDING))?;
+            m.keys().filter(|k| k.is_ok()).count() as u64
+        };
+        let mut gate: Array<_, u64> = Array::try_from(self.map_mut(map::STORAGE_INFLIGHT)?)
+            .map_err(map_err(map::STORAGE_INFLIGHT))?;
+        let now = gate.get(&0, 0).map_err(map_err(map::STORAGE_INFLIGHT))?;
+        if now < pending {
+            gate.set(0, pending, 0)
+                .map_err(map_err(map::STORAGE_INFLIGHT))?;
+        }
+        Ok(())
     }
 
     /// The storage overflow entries (one per direction) must exist before
