@@ -52,7 +52,14 @@ pub fn profile(c: &Ctx<'_>) -> Option<Candidate> {
         return None;
     }
     let class_cpu = c.q(Feature::CpuFraction);
-    let class_busy = class_cpu >= 0.75 * cfg.profile_cpu_fraction;
+    // Busy means the class's typical pod is CPU-bound: its median, not its
+    // high quantile, which the miner itself lifts within a few windows
+    // (its windows train the class until it is flagged; live eval missed
+    // the TLS miner that way).
+    let class_busy = c
+        .base
+        .quantile_at(c.class(), Feature::CpuFraction, 0.5)
+        .is_some_and(|m| m >= 0.75 * cfg.profile_cpu_fraction);
     // In a class that is CPU-bound anyway, only an unlikely window can say
     // "miner". But the unlikeness must not come from sending more than the
     // class: a miner sends little, and a busy training pod that leaks a

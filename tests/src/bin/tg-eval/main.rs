@@ -301,7 +301,10 @@ fn live(cli: &Cli) -> Result<bool, String> {
                 l.contains("class baseline learned") && l.contains(&format!("class=\"{c}\""))
             })
         };
-        if learned("training") && learned("service") {
+        if ["training", "pipeline", "notebook", "service"]
+            .iter()
+            .all(|c| learned(c))
+        {
             break;
         }
         thread::sleep(Duration::from_millis(200));
