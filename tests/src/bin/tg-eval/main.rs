@@ -426,6 +426,17 @@ fn live(cli: &Cli) -> Result<bool, String> {
             }
             None => ("no", "-".into(), "-".into()),
         };
+        // Every other detector that fired on the pod during the phase.
+        let also: Vec<&str> = keys
+            .keys()
+            .filter(|(d, c)| *c == id && *d != who)
+            .map(|(d, _)| d.as_str())
+            .collect();
+        let ttd = if also.is_empty() {
+            ttd
+        } else {
+            format!("{ttd} (later also {})", also.join(", "))
+        };
         if r.attack.is_some() {
             attacks_n += 1;
             tp += n_keys;
