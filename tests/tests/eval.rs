@@ -24,7 +24,10 @@ fn short_evaluation_detects_every_attack_without_false_alerts() {
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "tg-eval failed: {:?}", out.status);
     assert!(text.contains("recall 1.00 (6 of 6 attacks)"), "{text}");
-    assert!(text.contains("false alerts per benign pod-hour 0.0 (0 over 5 pods"), "{text}");
+    assert!(
+        text.contains("false alerts per benign pod-hour 0.0 (0 over 5 pods"),
+        "{text}"
+    );
     let row = |pod: &str| {
         text.lines()
             .find(|l| l.starts_with(&format!("{pod} ")))

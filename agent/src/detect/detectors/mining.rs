@@ -72,8 +72,7 @@ pub fn profile(c: &Ctx<'_>) -> Option<Candidate> {
         .base
         .quantile_at(c.class(), Feature::EgressExternalBytes, 0.5)
         .unwrap_or(0.0);
-    let unlike =
-        c.base.likelihood(s).is_some_and(|(ll, t)| ll < t) && rate <= 2.0 * class_out;
+    let unlike = c.base.likelihood(s).is_some_and(|(ll, t)| ll < t) && rate <= 2.0 * class_out;
     if class_busy && !unlike {
         return None;
     }

@@ -115,12 +115,42 @@ const ROLES: [Role; 11] = [
     benign("prep1", "pipeline", "data prep: reads and writes storage"),
     benign("nb1", "notebook", "notebook: package-install bursts"),
     benign("svc1", "service", "service answering requests"),
-    attack("upload", "training", "bulk HTTP upload of the dataset (curl)", Attack::Upload),
-    attack("storcopy", "training", "dataset copied to shared storage", Attack::StorageCopy),
-    attack("drip", "training", "slow drip, 20 KB/s to a known sink", Attack::Drip),
-    attack("stratum", "training", "stratum miner vs local pool stub", Attack::Stratum),
-    attack("tlsminer", "notebook", "CPU miner behind TLS on 443", Attack::TlsMiner),
-    attack("dnstun", "training", "DNS tunnel (iodine)", Attack::DnsTunnel),
+    attack(
+        "upload",
+        "training",
+        "bulk HTTP upload of the dataset (curl)",
+        Attack::Upload,
+    ),
+    attack(
+        "storcopy",
+        "training",
+        "dataset copied to shared storage",
+        Attack::StorageCopy,
+    ),
+    attack(
+        "drip",
+        "training",
+        "slow drip, 20 KB/s to a known sink",
+        Attack::Drip,
+    ),
+    attack(
+        "stratum",
+        "training",
+        "stratum miner vs local pool stub",
+        Attack::Stratum,
+    ),
+    attack(
+        "tlsminer",
+        "notebook",
+        "CPU miner behind TLS on 443",
+        Attack::TlsMiner,
+    ),
+    attack(
+        "dnstun",
+        "training",
+        "DNS tunnel (iodine)",
+        Attack::DnsTunnel,
+    ),
 ];
 
 fn main() -> std::process::ExitCode {

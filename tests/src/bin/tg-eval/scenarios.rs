@@ -100,7 +100,9 @@ impl Files {
         w(&f.servers_py, SERVERS_PY.as_bytes())?;
         w(&f.miner_py, MINER_CONN_PY.as_bytes())?;
         let st = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"])
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+            ])
             .args(["-subj", "/CN=pool.example"])
             .arg("-keyout")
             .arg(&f.key)
