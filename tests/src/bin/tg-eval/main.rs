@@ -11,10 +11,10 @@
 #![forbid(unsafe_code)]
 
 mod replay;
+mod report;
 mod scenarios;
 
 use std::{
-    collections::BTreeMap,
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -23,7 +23,7 @@ use std::{
 };
 
 use clap::Parser;
-use tollgate::{api, detect::Finding};
+use tollgate::api;
 use tollgate_tests::{
     agent::{Agent, TestPinDir},
     pod::Pod,
@@ -170,7 +170,7 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
+pub(crate) fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
 }
 
@@ -264,56 +264,18 @@ fn live(cli: &Cli) -> Result<bool, String> {
     let secs = (cli.learn_s + cli.detect_s + 60).min(590);
     let mut background = Vec::new();
     for (r, p) in roles.iter().zip(&pods) {
-        let mut argvs: Vec<Vec<String>> = Vec::new();
-        match r.class {
-            "service" => argvs.push(strings(&[
-                &traffic,
-                "udp-send",
-                "--to",
-                &format!("{svc}:9003"),
-                "--count",
-                "20000",
-                "--size",
-                "300",
-                "--interval-ms",
-                "50",
-                "--timeout-s",
-                "600",
-            ])),
-            "pipeline" => argvs.push(scenarios::prep(&files, r.pod, secs)),
-            "notebook" => argvs.push(scenarios::notebook(&net, secs)),
-            _ => {
-                argvs.push(strings(&[
-                    &traffic,
-                    "udp-send",
-                    "--to",
-                    &format!("{net}:9002"),
-                    "--count",
-                    "9000",
-                    "--size",
-                    "200",
-                    "--interval-ms",
-                    "100",
-                    "--timeout-s",
-                    "600",
-                ]));
-                argvs.push(strings(&[
-                    &signal,
-                    "dns",
-                    "--to",
-                    &format!("{net}:53"),
-                    "--count",
-                    "1200",
-                    "--prefix",
-                    "storage",
-                    "--suffix",
-                    "corp.example",
-                    "--interval-ms",
-                    "500",
-                ]));
-                argvs.push(scenarios::train_reads(&files, secs));
-            }
-        }
+        let argvs = scenarios::background(
+            r.class,
+            r.pod,
+            &files,
+            &scenarios::Peers {
+                traffic: &traffic,
+                signal: &signal,
+                net: &net,
+                svc: &svc.to_string(),
+            },
+            secs,
+        );
         for argv in argvs {
             let mut c = p.command(&argv);
             c.stdin(Stdio::null())
@@ -407,13 +369,11 @@ fn live(cli: &Cli) -> Result<bool, String> {
             attacks.push(Proc(child));
         }
     }
-    // First finding per pod: (detector, seconds since attack start, unix ms).
-    let mut first: BTreeMap<u64, (String, f64, u128)> = BTreeMap::new();
-    let mut keys: BTreeMap<(String, u64), ()> = BTreeMap::new();
+    let mut seen = report::Seen::default();
     let end = t0 + Duration::from_secs(cli.detect_s);
     while Instant::now() < end {
         for f in api::fetch_findings(&socket).unwrap_or_default() {
-            note(&f, t0, &mut first, &mut keys);
+            seen.note(&f, t0);
         }
         thread::sleep(Duration::from_millis(100));
     }
@@ -422,96 +382,18 @@ fn live(cli: &Cli) -> Result<bool, String> {
     drop(attacks);
     drop(background);
 
-    println!(
-        "\n{:<10} {:<9} {:<40} {:<10} {:<22} time to detect",
-        "pod", "label", "scenario", "detected", "detector"
-    );
-    let (mut tp, mut attacks_n, mut detected_n, mut benign_alerts, mut benign_pods) =
-        (0, 0, 0, 0, 0);
-    for (r, p) in roles.iter().zip(&pods) {
-        let id = p.cgroup.id();
-        let n_keys = keys.keys().filter(|(_, c)| *c == id).count();
-        let label = if r.attack.is_some() {
-            "attack"
-        } else {
-            "benign"
-        };
-        let scenario = if r.attack == Some(Attack::DnsTunnel) && !iodine {
-            "DNS tunnel (random base32 names)"
-        } else {
-            r.scenario
-        };
-        let (det, who, ttd) = match first.get(&id) {
-            Some((d, s, ms)) => {
-                let ttd = if r.attack == Some(Attack::Stratum)
-                    && let Some(fs) = first_share
-                {
-                    let d = (*ms as f64 - fs as f64) / 1000.0;
-                    let rel = if d < 0.0 { "before" } else { "after" };
-                    format!("{s:.1}s after start, {:.1}s {rel} the first share", d.abs())
-                } else {
-                    format!("{s:.1}s")
-                };
-                ("yes", d.clone(), ttd)
-            }
-            None => ("no", "-".into(), "-".into()),
-        };
-        // Every other detector that fired on the pod during the phase.
-        let also: Vec<&str> = keys
-            .keys()
-            .filter(|(d, c)| *c == id && *d != who)
-            .map(|(d, _)| d.as_str())
-            .collect();
-        let ttd = if also.is_empty() {
-            ttd
-        } else {
-            format!("{ttd} (later also {})", also.join(", "))
-        };
-        if r.attack.is_some() {
-            attacks_n += 1;
-            tp += n_keys;
-            detected_n += usize::from(first.contains_key(&id));
-        } else {
-            benign_pods += 1;
-            benign_alerts += n_keys;
-        }
-        println!(
-            "{:<10} {:<9} {:<40} {:<10} {:<22} {}",
-            p.name, label, scenario, det, who, ttd
-        );
-    }
-    let all = tp + benign_alerts;
-    let precision = if all == 0 {
-        1.0
-    } else {
-        tp as f64 / all as f64
-    };
-    println!(
-        "\nprecision {precision:.2} ({tp} of {all} findings on attack pods), recall {:.2} ({detected_n} of {attacks_n} attacks), false alerts per benign pod-hour {:.1} ({benign_alerts} over {benign_pods} pods x {:.3} h)",
-        detected_n as f64 / attacks_n.max(1) as f64,
-        benign_alerts as f64 / (benign_pods as f64 * phase_h).max(1e-9),
-        phase_h
+    let ok = report::table(
+        &roles,
+        &pods,
+        &seen,
+        report::Context {
+            first_share,
+            iodine,
+            phase_h,
+        },
     );
     drop(agent);
     drop(storage);
     let _ = std::fs::remove_dir_all(&state);
-    Ok(detected_n == attacks_n && benign_alerts == 0)
-}
-
-/// Records a finding: its (detector, cgroup) key, and the pod's first.
-fn note(
-    f: &Finding,
-    t0: Instant,
-    first: &mut BTreeMap<u64, (String, f64, u128)>,
-    keys: &mut BTreeMap<(String, u64), ()>,
-) {
-    let id = f.subject.cgroup_id;
-    keys.insert((f.detector.as_str().to_owned(), id), ());
-    first.entry(id).or_insert_with(|| {
-        (
-            f.detector.as_str().to_owned(),
-            t0.elapsed().as_secs_f64(),
-            unix_ms(),
-        )
-    });
+    Ok(ok)
 }

@@ -6,6 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::strings;
+
 /// Password iodine and iodined share (test-only).
 const IODINE_PASS: &str = "tollgate-eval";
 /// The tunnel's domain and its inside network (cluster range, unused by
@@ -245,4 +247,78 @@ pub fn through_tunnel(traffic: &str) -> Vec<String> {
     sh(&format!(
         "i=0; while [ $i -lt 300 ] && ! ip addr show dns0 2>/dev/null | grep -q inet; do i=$((i+1)); sleep 0.1; done; exec {traffic} udp-send --to {TUNNEL_SERVER}:9201 --count 3000 --size 1000 --interval-ms 50 --timeout-s 300"
     ))
+}
+
+/// The programs and peer addresses a pod's workload uses.
+pub struct Peers<'a> {
+    pub traffic: &'a str,
+    pub signal: &'a str,
+    /// The internet host.
+    pub net: &'a str,
+    /// The cluster service host.
+    pub svc: &'a str,
+}
+
+/// A pod's benign behaviour for `secs` seconds, by class: training pods
+/// read the dataset, push small metrics and resolve a few names; data
+/// prep reads and writes storage; notebooks download packages in bursts;
+/// the service answers (small internal datagrams).
+pub fn background(
+    class: &str,
+    pod: &str,
+    files: &Files,
+    p: &Peers<'_>,
+    secs: u64,
+) -> Vec<Vec<String>> {
+    let mut argvs: Vec<Vec<String>> = Vec::new();
+    match class {
+        "service" => argvs.push(strings(&[
+            p.traffic,
+            "udp-send",
+            "--to",
+            &format!("{}:9003", p.svc),
+            "--count",
+            "20000",
+            "--size",
+            "300",
+            "--interval-ms",
+            "50",
+            "--timeout-s",
+            "600",
+        ])),
+        "pipeline" => argvs.push(prep(files, pod, secs)),
+        "notebook" => argvs.push(notebook(p.net, secs)),
+        _ => {
+            argvs.push(strings(&[
+                p.traffic,
+                "udp-send",
+                "--to",
+                &format!("{}:9002", p.net),
+                "--count",
+                "9000",
+                "--size",
+                "200",
+                "--interval-ms",
+                "100",
+                "--timeout-s",
+                "600",
+            ]));
+            argvs.push(strings(&[
+                p.signal,
+                "dns",
+                "--to",
+                &format!("{}:53", p.net),
+                "--count",
+                "1200",
+                "--prefix",
+                "storage",
+                "--suffix",
+                "corp.example",
+                "--interval-ms",
+                "500",
+            ]));
+            argvs.push(train_reads(files, secs));
+        }
+    }
+    argvs
 }
