@@ -5,7 +5,7 @@
 //! DNS tunnel with iodine) against the real agent with detection on.
 //! Every attack must be detected by the detector meant for it and no
 //! benign pod may alert; tg-eval exits 0 only then, and its table is
-//! printed for the log.
+//! printed for the log. The replay evaluation (`--replay`) runs here too.
 #![forbid(unsafe_code)]
 
 use std::process::Command;
@@ -63,5 +63,44 @@ fn short_evaluation_detects_every_attack_without_false_alerts() {
     assert!(
         rest.contains("before the first share") || secs <= 1.0,
         "{line}"
+    );
+}
+
+/// The replay evaluation: six hours of synthetic windows per attack kind
+/// (and one without), each attack named by its detector on the attacked
+/// pod and nothing on any other pod. Needs no privileges.
+#[test]
+fn replay_evaluation_names_all_nine_attacks_without_false_alerts() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tg-eval"))
+        .arg("--replay")
+        .output()
+        .expect("tg-eval runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    println!("{text}");
+    assert!(
+        out.status.success(),
+        "tg-eval --replay failed: {:?}",
+        out.status
+    );
+    assert!(text.contains("recall 1.00 (9 of 9)"), "{text}");
+    assert!(
+        text.contains("false alerts per benign pod-hour 0.0000 (0 over"),
+        "{text}"
+    );
+    let drip = text
+        .lines()
+        .find(|l| l.starts_with("slow-drip "))
+        .unwrap_or_else(|| panic!("no slow-drip row: {text}"));
+    // Caught by the drip detector alone (replay once said mining.profile).
+    let cols: Vec<&str> = drip.split_whitespace().collect();
+    assert_eq!(
+        cols,
+        [
+            "slow-drip",
+            "exfil.slow_drip",
+            "yes",
+            "exfil.slow_drip",
+            "-"
+        ]
     );
 }
