@@ -41,6 +41,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "tests: receives the agent's alerts and delivers them to a test webhook",
     ),
     ("python3-venv", "the hadolint venv (deploy tests)"),
+    ("iodine", "eval: the DNS tunnel attack (iodine, iodined)"),
 ];
 
 /// Services the packages above install and start; tests run their own

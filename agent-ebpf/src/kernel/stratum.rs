@@ -8,7 +8,10 @@
 //! bytes: one JSON-RPC message per line is how stratum clients write,
 //! so the method of the first message sits near the start of a segment.
 //! A message split before its method ends is not matched (the next
-//! message, in a later packet of the window, usually is).
+//! message, in a later packet of the window, usually is). A client that
+//! splits every message inside its method evades this matcher; userspace
+//! still names it by its pool port (mining.pool_port) or CPU profile
+//! (mining.profile). tests/tests/stratum_split.rs pins both cases.
 //!
 //! [`SignalConfig::stratum_packets`]: tollgate_ebpf::SignalConfig
 

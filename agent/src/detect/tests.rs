@@ -106,14 +106,21 @@ fn new_destination_fires() {
 
 #[test]
 fn slow_drip_fires_on_a_known_prefix() {
+    // The recording `tg-eval --replay` uses (synth --attack slow-drip
+    // --attack-at 70m --attack-for 290m).
     let (_, findings, _) = run(&attack(AttackKind::SlowDrip, 70, 290, 6));
     let f = assert_detected(&findings, AttackKind::SlowDrip, Detector::ExfilSlowDrip);
     assert!(f.summary.contains("203.0.113.0/24"), "{}", f.summary);
-    // Neither a volume nor a new-destination pattern.
-    assert!(!findings.iter().any(|f| matches!(
-        f.detector,
-        Detector::ExfilVolume | Detector::ExfilNewDestination
-    )));
+    // Only the drip: not a volume or new-destination pattern, and the busy
+    // training pod's extra egress is not read as a miner's profile (replay
+    // once named this pod mining.profile instead).
+    let detectors: std::collections::BTreeSet<Detector> =
+        findings.iter().map(|f| f.detector).collect();
+    assert_eq!(
+        detectors.into_iter().collect::<Vec<_>>(),
+        [Detector::ExfilSlowDrip],
+        "{findings:#?}"
+    );
 }
 
 #[test]

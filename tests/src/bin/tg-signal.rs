@@ -71,6 +71,13 @@ enum Cmd {
         no_wait: bool,
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
+        /// Write each message as two TCP segments, split after this many
+        /// bytes (0: whole), 20 ms apart.
+        #[arg(long, default_value_t = 0)]
+        split_at: usize,
+        /// With --split-at: split only the first message (subscribe).
+        #[arg(long)]
+        split_first_only: bool,
     },
     /// Minimal stratum pool: answers every request line with a result,
     /// sends one mining.notify after authorize; counts requests by method.
@@ -149,12 +156,18 @@ fn run(cmd: Cmd) -> Result<()> {
             interval_ms,
             no_wait,
             timeout_s,
+            split_at,
+            split_first_only,
         } => stratum_client(
             to,
             shares,
             Duration::from_millis(interval_ms),
             no_wait,
             secs(timeout_s),
+            Split {
+                at: split_at,
+                first_only: split_first_only,
+            },
         ),
         Cmd::StratumPool { listen, timeout_s } => stratum_pool(listen, secs(timeout_s)),
     }
@@ -217,12 +230,19 @@ fn burn(d: Duration) -> u64 {
     x
 }
 
+/// How the stratum client cuts its messages into segments.
+struct Split {
+    at: usize,
+    first_only: bool,
+}
+
 fn stratum_client(
     to: SocketAddr,
     shares: u64,
     interval: Duration,
     no_wait: bool,
     timeout: Duration,
+    split: Split,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let s = ctx(
@@ -234,8 +254,18 @@ fn stratum_client(
     let mut w = ctx("clone", s.try_clone())?;
     let mut r = BufReader::new(s);
     let mut line = String::new();
-    let send = |w: &mut TcpStream, msg: String| -> Result<()> {
-        ctx("write", w.write_all(msg.as_bytes()))?;
+    let mut sent = 0usize;
+    let mut send = |w: &mut TcpStream, msg: String| -> Result<()> {
+        let cut = split.at > 0 && split.at < msg.len() && (!split.first_only || sent == 0);
+        sent += 1;
+        if cut {
+            // Two segments (nodelay), the first ending inside the message.
+            ctx("write", w.write_all(&msg.as_bytes()[..split.at]))?;
+            thread::sleep(Duration::from_millis(20));
+            ctx("write", w.write_all(&msg.as_bytes()[split.at..]))?;
+        } else {
+            ctx("write", w.write_all(msg.as_bytes()))?;
+        }
         // Separate segments, as real clients write one request at a time.
         thread::sleep(Duration::from_millis(20));
         Ok(())

@@ -52,8 +52,27 @@ pub fn profile(c: &Ctx<'_>) -> Option<Candidate> {
         return None;
     }
     let class_cpu = c.q(Feature::CpuFraction);
-    let class_busy = class_cpu >= 0.75 * cfg.profile_cpu_fraction;
-    let unlike = c.base.likelihood(s).is_some_and(|(ll, t)| ll < t);
+    // Busy means the class's typical pod is CPU-bound: its median, not its
+    // high quantile, which the miner itself lifts within a few windows
+    // (its windows train the class until it is flagged; live eval missed
+    // the TLS miner that way).
+    let class_busy = c
+        .base
+        .quantile_at(c.class(), Feature::CpuFraction, 0.5)
+        .is_some_and(|m| m >= 0.75 * cfg.profile_cpu_fraction);
+    // In a class that is CPU-bound anyway, only an unlikely window can say
+    // "miner". But the unlikeness must not come from sending more than the
+    // class: a miner sends little, and a busy training pod that leaks a
+    // few KB/s on top of its usual traffic is exfil.slow_drip's case, not
+    // mining (replay once named such a drip mining.profile). The class's
+    // median, not its high quantile: the drip pod is one of the class's
+    // pods and keeps training it until it is flagged, which lifts the high
+    // quantiles but not the median.
+    let class_out = c
+        .base
+        .quantile_at(c.class(), Feature::EgressExternalBytes, 0.5)
+        .unwrap_or(0.0);
+    let unlike = c.base.likelihood(s).is_some_and(|(ll, t)| ll < t) && rate <= 2.0 * class_out;
     if class_busy && !unlike {
         return None;
     }

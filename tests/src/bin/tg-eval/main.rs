@@ -11,9 +11,10 @@
 #![forbid(unsafe_code)]
 
 mod replay;
+mod report;
+mod scenarios;
 
 use std::{
-    collections::BTreeMap,
     io::{BufRead, BufReader},
     process::{Child, Command, Stdio},
     sync::mpsc,
@@ -22,10 +23,11 @@ use std::{
 };
 
 use clap::Parser;
-use tollgate::{api, detect::Finding};
+use tollgate::api;
 use tollgate_tests::{
     agent::{Agent, TestPinDir},
     pod::Pod,
+    storage::{Bindfs, ScratchDir},
     topology::Topology,
     traffic::Sink,
 };
@@ -33,7 +35,7 @@ use tollgate_tests::{
 #[derive(Parser, Debug)]
 #[command(name = "tg-eval", about = "Tollgate's labelled-scenario evaluation")]
 struct Cli {
-    /// The short version (the test suite's): fewer attacks, shorter phases.
+    /// The short version (the test suite's): a smaller dataset (24 MiB).
     #[arg(long)]
     short: bool,
     /// Long-horizon replay of synthetic recordings instead of live pods.
@@ -73,41 +75,82 @@ fn unix_ms() -> u128 {
 struct Role {
     pod: &'static str,
     class: &'static str,
+    /// What the pod does (its benign behaviour, or the attack).
+    scenario: &'static str,
     /// None: benign.
-    attack: Option<&'static str>,
+    attack: Option<Attack>,
 }
 
-const ROLES: [Role; 6] = [
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attack {
+    Upload,
+    StorageCopy,
+    Drip,
+    Stratum,
+    TlsMiner,
+    DnsTunnel,
+}
+
+const fn benign(pod: &'static str, class: &'static str, scenario: &'static str) -> Role {
     Role {
-        pod: "train1",
-        class: "training",
+        pod,
+        class,
+        scenario,
         attack: None,
-    },
+    }
+}
+
+const fn attack(pod: &'static str, class: &'static str, scenario: &'static str, a: Attack) -> Role {
     Role {
-        pod: "train2",
-        class: "training",
-        attack: None,
-    },
-    Role {
-        pod: "svc1",
-        class: "service",
-        attack: None,
-    },
-    Role {
-        pod: "upload",
-        class: "training",
-        attack: Some("bulk upload (40 MB over TCP)"),
-    },
-    Role {
-        pod: "stratum",
-        class: "training",
-        attack: Some("stratum miner vs local pool stub"),
-    },
-    Role {
-        pod: "dnstun",
-        class: "training",
-        attack: Some("DNS tunnel (random base32 names)"),
-    },
+        pod,
+        class,
+        scenario,
+        attack: Some(a),
+    }
+}
+
+const ROLES: [Role; 11] = [
+    benign("train1", "training", "training job: reads dataset, metrics"),
+    benign("train2", "training", "training job: reads dataset, metrics"),
+    benign("prep1", "pipeline", "data prep: reads and writes storage"),
+    benign("nb1", "notebook", "notebook: package-install bursts"),
+    benign("svc1", "service", "service answering requests"),
+    attack(
+        "upload",
+        "training",
+        "bulk HTTP upload of the dataset (curl)",
+        Attack::Upload,
+    ),
+    attack(
+        "storcopy",
+        "training",
+        "dataset copied to shared storage",
+        Attack::StorageCopy,
+    ),
+    attack(
+        "drip",
+        "training",
+        "slow drip, 20 KB/s to a known sink",
+        Attack::Drip,
+    ),
+    attack(
+        "stratum",
+        "training",
+        "stratum miner vs local pool stub",
+        Attack::Stratum,
+    ),
+    attack(
+        "tlsminer",
+        "notebook",
+        "CPU miner behind TLS on 443",
+        Attack::TlsMiner,
+    ),
+    attack(
+        "dnstun",
+        "training",
+        "DNS tunnel (iodine)",
+        Attack::DnsTunnel,
+    ),
 ];
 
 fn main() -> std::process::ExitCode {
@@ -127,13 +170,20 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+pub(crate) fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| (*s).to_owned()).collect()
+}
+
 fn live(cli: &Cli) -> Result<bool, String> {
     let traffic = sibling("tg-traffic");
     let signal = sibling("tg-signal");
-    let roles: Vec<&Role> = ROLES
-        .iter()
-        .filter(|r| !cli.short || r.attack.is_none() || r.pod != "dnstun")
-        .collect();
+    let iodine = scenarios::have_iodine();
+    if !iodine {
+        println!(
+            "iodine/iodined not installed (`cargo xtask setup` installs Debian iodine): the DNS tunnel uses tg-signal's random base32 names instead"
+        );
+    }
+    let roles: Vec<&Role> = ROLES.iter().collect();
     let mut b = Topology::builder();
     for r in &roles {
         b = b.pod(r.pod);
@@ -141,6 +191,13 @@ fn live(cli: &Cli) -> Result<bool, String> {
     let topo = b.build().map_err(|e| format!("topology: {e}"))?;
     let pods: Vec<&Pod> = (0..roles.len()).map(|i| topo.pod(i)).collect();
     let state = std::env::temp_dir().join(format!("tollgate-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&state).map_err(|e| format!("{}: {e}", state.display()))?;
+    // Shared storage: a FUSE (bindfs) mount the agent watches by path.
+    let scratch = ScratchDir::new().map_err(|e| e.to_string())?;
+    let backing = scratch.dir("backing").map_err(|e| e.to_string())?;
+    let mnt = scratch.path().join("shared");
+    let storage = Bindfs::mount(&backing, &mnt).map_err(|e| e.to_string())?;
+    let files = scenarios::Files::create(&state, storage.path(), if cli.short { 24 } else { 40 })?;
     let mut rules = String::new();
     for (r, p) in roles.iter().zip(&pods) {
         rules.push_str(&format!(
@@ -149,135 +206,82 @@ fn live(cli: &Cli) -> Result<bool, String> {
             r.class
         ));
     }
+    // Time-compressed: 1 s windows, an 8 s learning period, a 30 s drip
+    // horizon (256 KiB floor) instead of hours, and a mining profile after
+    // 6 busy windows on a connection 5 s old. Pods have no CPU limit here
+    // (the cpu controller is not enabled on this hybrid host), so the
+    // profile measures against a quarter core.
     let config = format!(
-        "[agent]\ntick = \"200ms\"\nstate_dir = \"{}\"\n[network]\ninternal_cidrs = [\"198.18.0.0/16\", \"2001:db8:c::/48\"]\n[inventory]\nmode = \"standalone\"\n[classes]\nnames = [\"training\", \"service\"]\n{rules}[detect]\nwindow = \"1s\"\nlearning_windows = 8\nlearning_duration = \"8s\"\n",
-        state.display()
+        "[agent]\ntick = \"200ms\"\nstate_dir = \"{}\"\n[network]\ninternal_cidrs = [\"198.18.0.0/16\", \"2001:db8:c::/48\"]\n[inventory]\nmode = \"standalone\"\n[storage]\nwatch_paths = [\"{}\"]\n[classes]\nnames = [\"training\", \"pipeline\", \"notebook\", \"service\"]\n{rules}[detect]\nwindow = \"1s\"\nlearning_windows = 8\nlearning_duration = \"8s\"\ndrip_horizon = \"30s\"\ndrip_min_bytes = 262144\nprofile_min_conn_age = \"5s\"\nprofile_unlimited_cores = 0.25\n",
+        state.join("agent").display(),
+        scratch.path().display()
     );
     let pins = TestPinDir::new().map_err(|e| e.to_string())?;
     let agent = Agent::start(pins.path(), &config).map_err(|e| e.to_string())?;
     let socket = api::default_socket(pins.path());
-    let net = topo.internet().v4;
+    let net = topo.internet().v4.to_string();
     let svc = topo.service().v4;
-    let sink = |host: &tollgate_tests::topology::Host, argv: &[&str]| {
+    let sink = |host: &tollgate_tests::topology::Host, argv: &[String]| {
         Sink::start(host.command(argv)).map_err(|e| e.to_string())
     };
-    let _metrics = sink(
-        topo.internet(),
-        &[
+    let udp_sink = |addr: String| {
+        strings(&[
             &traffic,
             "udp-sink",
             "--listen",
-            &format!("{net}:9002"),
+            &addr,
             "--count",
             "100000000",
             "--timeout-s",
-            "900",
-        ],
-    )?;
-    let _svc_sink = sink(
-        topo.service(),
-        &[
-            &traffic,
-            "udp-sink",
-            "--listen",
-            &format!("{svc}:9003"),
-            "--count",
-            "100000000",
-            "--timeout-s",
-            "900",
-        ],
-    )?;
-    let _dns = sink(
-        topo.internet(),
-        &[
-            &traffic,
-            "udp-sink",
-            "--listen",
-            &format!("{net}:53"),
-            "--count",
-            "100000000",
-            "--timeout-s",
-            "900",
-        ],
-    )?;
-    let _upload_sink = sink(
-        topo.internet(),
-        &[
-            &traffic,
-            "tcp-sink",
-            "--listen",
-            &format!("{net}:9100"),
-            "--timeout-s",
-            "900",
-        ],
-    )?;
+            "600",
+        ])
+    };
+    let _metrics = sink(topo.internet(), &udp_sink(format!("{net}:9002")))?;
+    let _svc_sink = sink(topo.service(), &udp_sink(format!("{svc}:9003")))?;
+    let _dns = if iodine {
+        sink(topo.internet(), &scenarios::iodined_argv(&net))?
+    } else {
+        sink(topo.internet(), &udp_sink(format!("{net}:53")))?
+    };
+    let _web = sink(topo.internet(), &scenarios::servers_argv(&files, &net))?;
     let _pool = sink(
         topo.internet(),
-        &[
+        &strings(&[
             &signal,
             "stratum-pool",
             "--listen",
             &format!("{net}:3333"),
             "--timeout-s",
-            "900",
-        ],
+            "600",
+        ]),
     )?;
 
-    // Benign behaviour, in every pod for the whole run: training pods push
-    // small metrics and resolve a few names; the service answers (small
-    // internal datagrams).
+    // Benign behaviour, in every pod for the whole run (attackers too,
+    // until and while they attack): training pods read the dataset, push
+    // small metrics and resolve a few names; data prep reads and writes
+    // storage; notebooks download packages in bursts; the service answers
+    // (small internal datagrams).
+    let secs = (cli.learn_s + cli.detect_s + 60).min(590);
     let mut background = Vec::new();
     for (r, p) in roles.iter().zip(&pods) {
-        let argv: Vec<String> = if r.class == "service" {
-            vec![
-                traffic.clone(),
-                "udp-send".into(),
-                "--to".into(),
-                format!("{svc}:9003"),
-                "--count".into(),
-                "20000".into(),
-                "--size".into(),
-                "300".into(),
-                "--interval-ms".into(),
-                "50".into(),
-                "--timeout-s".into(),
-                "900".into(),
-            ]
-        } else {
-            vec![
-                traffic.clone(),
-                "udp-send".into(),
-                "--to".into(),
-                format!("{net}:9002"),
-                "--count".into(),
-                "9000".into(),
-                "--size".into(),
-                "200".into(),
-                "--interval-ms".into(),
-                "100".into(),
-                "--timeout-s".into(),
-                "900".into(),
-            ]
-        };
-        background.push(Proc(p.spawn(&argv).map_err(|e| e.to_string())?));
-        if r.class == "training" {
-            background.push(Proc(
-                p.spawn(&[
-                    &signal,
-                    "dns",
-                    "--to",
-                    &format!("{net}:53"),
-                    "--count",
-                    "600",
-                    "--prefix",
-                    "storage",
-                    "--suffix",
-                    "corp.example",
-                    "--interval-ms",
-                    "500",
-                ])
-                .map_err(|e| e.to_string())?,
-            ));
+        let argvs = scenarios::background(
+            r.class,
+            r.pod,
+            &files,
+            &scenarios::Peers {
+                traffic: &traffic,
+                signal: &signal,
+                net: &net,
+                svc: &svc.to_string(),
+            },
+            secs,
+        );
+        for argv in argvs {
+            let mut c = p.command(&argv);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            background.push(Proc(c.spawn().map_err(|e| e.to_string())?));
         }
     }
     let learn_start = Instant::now();
@@ -289,7 +293,10 @@ fn live(cli: &Cli) -> Result<bool, String> {
                 l.contains("class baseline learned") && l.contains(&format!("class=\"{c}\""))
             })
         };
-        if learned("training") && learned("service") {
+        if ["training", "pipeline", "notebook", "service"]
+            .iter()
+            .all(|c| learned(c))
+        {
             break;
         }
         thread::sleep(Duration::from_millis(200));
@@ -301,71 +308,72 @@ fn live(cli: &Cli) -> Result<bool, String> {
     let mut attacks = Vec::new();
     let (share_tx, share_rx) = mpsc::channel::<u128>();
     for (r, p) in roles.iter().zip(&pods) {
-        let Some(_) = r.attack else { continue };
-        let argv: Vec<String> = match r.pod {
-            "upload" => vec![
-                traffic.clone(),
-                "tcp-send".into(),
-                "--to".into(),
-                format!("{net}:9100"),
-                "--bytes".into(),
-                "40000000".into(),
-            ],
-            "stratum" => vec![
-                signal.clone(),
-                "stratum-client".into(),
-                "--to".into(),
-                format!("{net}:3333"),
-                "--shares".into(),
-                "20".into(),
-                "--interval-ms".into(),
-                "500".into(),
-                "--timeout-s".into(),
-                "60".into(),
-            ],
-            _ => vec![
-                signal.clone(),
-                "dns".into(),
-                "--to".into(),
-                format!("{net}:53"),
-                "--count".into(),
-                "3000".into(),
-                "--random-len".into(),
-                "52".into(),
-                "--suffix".into(),
-                "t.tunnel.example".into(),
-                "--qtype".into(),
-                "16".into(),
-                "--interval-ms".into(),
-                "10".into(),
-            ],
+        let Some(a) = r.attack else { continue };
+        let argvs: Vec<Vec<String>> = match a {
+            Attack::Upload => vec![scenarios::upload(&files, &net)],
+            Attack::StorageCopy => vec![scenarios::storage_copy(&files)],
+            Attack::Drip => vec![scenarios::drip(&traffic, &net)],
+            Attack::TlsMiner => vec![scenarios::tls_miner(&files, &net)],
+            Attack::Stratum => vec![strings(&[
+                &signal,
+                "stratum-client",
+                "--to",
+                &format!("{net}:3333"),
+                "--shares",
+                "20",
+                "--interval-ms",
+                "500",
+                "--timeout-s",
+                "60",
+            ])],
+            Attack::DnsTunnel if iodine => {
+                vec![scenarios::iodine(&net), scenarios::through_tunnel(&traffic)]
+            }
+            Attack::DnsTunnel => vec![strings(&[
+                &signal,
+                "dns",
+                "--to",
+                &format!("{net}:53"),
+                "--count",
+                "3000",
+                "--random-len",
+                "52",
+                "--suffix",
+                scenarios::TUNNEL_DOMAIN,
+                "--qtype",
+                "16",
+                "--interval-ms",
+                "10",
+            ])],
         };
-        let mut c: Command = p.command(&argv);
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        let mut child = c.spawn().map_err(|e| e.to_string())?;
-        if r.pod == "stratum"
-            && let Some(out) = child.stdout.take()
-        {
-            let tx = share_tx.clone();
-            thread::spawn(move || {
-                for l in BufReader::new(out).lines().map_while(Result::ok) {
-                    if let Some(ms) = l.strip_prefix("first-share ").and_then(|v| v.parse().ok()) {
-                        let _ = tx.send(ms);
+        for argv in argvs {
+            let mut c: Command = p.command(&argv);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null());
+            let mut child = c.spawn().map_err(|e| e.to_string())?;
+            if a == Attack::Stratum
+                && let Some(out) = child.stdout.take()
+            {
+                let tx = share_tx.clone();
+                thread::spawn(move || {
+                    for l in BufReader::new(out).lines().map_while(Result::ok) {
+                        if let Some(ms) =
+                            l.strip_prefix("first-share ").and_then(|v| v.parse().ok())
+                        {
+                            let _ = tx.send(ms);
+                        }
                     }
-                }
-            });
+                });
+            }
+            attacks.push(Proc(child));
         }
-        attacks.push(Proc(child));
     }
-    // First finding per pod: (detector, seconds since attack start, unix ms).
-    let mut first: BTreeMap<u64, (String, f64, u128)> = BTreeMap::new();
-    let mut keys: BTreeMap<(String, u64), ()> = BTreeMap::new();
+    let mut seen = report::Seen::default();
     let end = t0 + Duration::from_secs(cli.detect_s);
     while Instant::now() < end {
         for f in api::fetch_findings(&socket).unwrap_or_default() {
-            note(&f, t0, &mut first, &mut keys);
+            seen.note(&f, t0);
         }
         thread::sleep(Duration::from_millis(100));
     }
@@ -374,82 +382,18 @@ fn live(cli: &Cli) -> Result<bool, String> {
     drop(attacks);
     drop(background);
 
-    println!(
-        "\n{:<10} {:<9} {:<38} {:<10} {:<22} time to detect",
-        "pod", "label", "scenario", "detected", "detector"
+    let ok = report::table(
+        &roles,
+        &pods,
+        &seen,
+        report::Context {
+            first_share,
+            iodine,
+            phase_h,
+        },
     );
-    let (mut tp, mut attacks_n, mut detected_n, mut benign_alerts, mut benign_pods) =
-        (0, 0, 0, 0, 0);
-    for (r, p) in roles.iter().zip(&pods) {
-        let id = p.cgroup.id();
-        let n_keys = keys.keys().filter(|(_, c)| *c == id).count();
-        let label = if r.attack.is_some() {
-            "attack"
-        } else {
-            "benign"
-        };
-        let scenario = r.attack.unwrap_or(match r.class {
-            "service" => "service answering requests",
-            _ => "training job pushing metrics",
-        });
-        let (det, who, ttd) = match first.get(&id) {
-            Some((d, s, ms)) => {
-                let ttd = if r.pod == "stratum"
-                    && let Some(fs) = first_share
-                {
-                    let d = (*ms as f64 - fs as f64) / 1000.0;
-                    let rel = if d < 0.0 { "before" } else { "after" };
-                    format!("{s:.1}s after start, {:.1}s {rel} the first share", d.abs())
-                } else {
-                    format!("{s:.1}s")
-                };
-                ("yes", d.clone(), ttd)
-            }
-            None => ("no", "-".into(), "-".into()),
-        };
-        if r.attack.is_some() {
-            attacks_n += 1;
-            tp += n_keys;
-            detected_n += usize::from(first.contains_key(&id));
-        } else {
-            benign_pods += 1;
-            benign_alerts += n_keys;
-        }
-        println!(
-            "{:<10} {:<9} {:<38} {:<10} {:<22} {}",
-            p.name, label, scenario, det, who, ttd
-        );
-    }
-    let all = tp + benign_alerts;
-    let precision = if all == 0 {
-        1.0
-    } else {
-        tp as f64 / all as f64
-    };
-    println!(
-        "\nprecision {precision:.2} ({tp} of {all} findings on attack pods), recall {:.2} ({detected_n} of {attacks_n} attacks), false alerts per benign pod-hour {:.1} ({benign_alerts} over {benign_pods} pods x {:.3} h)",
-        detected_n as f64 / attacks_n.max(1) as f64,
-        benign_alerts as f64 / (benign_pods as f64 * phase_h).max(1e-9),
-        phase_h
-    );
+    drop(agent);
+    drop(storage);
     let _ = std::fs::remove_dir_all(&state);
-    Ok(detected_n == attacks_n && benign_alerts == 0)
-}
-
-/// Records a finding: its (detector, cgroup) key, and the pod's first.
-fn note(
-    f: &Finding,
-    t0: Instant,
-    first: &mut BTreeMap<u64, (String, f64, u128)>,
-    keys: &mut BTreeMap<(String, u64), ()>,
-) {
-    let id = f.subject.cgroup_id;
-    keys.insert((f.detector.as_str().to_owned(), id), ());
-    first.entry(id).or_insert_with(|| {
-        (
-            f.detector.as_str().to_owned(),
-            t0.elapsed().as_secs_f64(),
-            unix_ms(),
-        )
-    });
+    Ok(ok)
 }

@@ -41,6 +41,12 @@ pub fn run() -> Result<bool, String> {
         if kind != "none" {
             synth.args(["--attack", kind]);
         }
+        if kind == "slow-drip" {
+            // A drip is hours long by nature: 8 KB/s from 70 min on, the
+            // recording agent/src/detect/tests.rs pins (the default 10 min
+            // attack adds only 4.8 MB, which no drip detector should flag).
+            synth.args(["--attack-at", "70m", "--attack-for", "290m"]);
+        }
         let out = synth.output().map_err(|e| format!("tollgate synth: {e}"))?;
         if !out.status.success() {
             return Err(format!(
