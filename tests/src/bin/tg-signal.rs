@@ -4,13 +4,17 @@
 //! `dns` sends exactly the queries it is told (one UDP datagram each, no
 //! retries). `stratum-client` speaks the client side of stratum v1
 //! (subscribe, authorize, then shares); `stratum-pool` is a minimal pool
-//! that answers every request and hands out one job. Every command is
-//! bounded in time.
+//! that answers every request and hands out one job. Both speak stratum
+//! over TLS too (`--tls-ca` / `--tls-cert`, `--tls-key`): a miner hiding
+//! its protocol on port 443, where only sizes and timing remain visible.
+//! Every command is bounded in time.
 #![forbid(unsafe_code)]
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,6 +75,10 @@ enum Cmd {
         no_wait: bool,
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
+        /// Speak TLS, trusting this PEM CA (the pool's certificate must
+        /// name the address of --to).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
     /// Minimal stratum pool: answers every request line with a result,
     /// sends one mining.notify after authorize; counts requests by method.
@@ -79,6 +87,12 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
+        /// Serve TLS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -149,14 +163,27 @@ fn run(cmd: Cmd) -> Result<()> {
             interval_ms,
             no_wait,
             timeout_s,
+            tls_ca,
         } => stratum_client(
             to,
             shares,
             Duration::from_millis(interval_ms),
             no_wait,
             secs(timeout_s),
+            tls_ca.as_deref(),
         ),
-        Cmd::StratumPool { listen, timeout_s } => stratum_pool(listen, secs(timeout_s)),
+        Cmd::StratumPool {
+            listen,
+            timeout_s,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some(server_config(&c, &k)?),
+                _ => None,
+            };
+            stratum_pool(listen, secs(timeout_s), tls)
+        }
     }
 }
 
@@ -217,12 +244,110 @@ fn burn(d: Duration) -> u64 {
     x
 }
 
+/// A plain or TLS stream; reads go through a `BufReader` around it and
+/// writes through `get_mut()`, so one object serves both directions.
+enum Stream {
+    Plain(TcpStream),
+    Client(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Server(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Client(s) => s.read(buf),
+            Stream::Server(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Client(s) => s.write(buf),
+            Stream::Server(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Client(s) => s.flush(),
+            Stream::Server(s) => s.flush(),
+        }
+    }
+}
+
+impl Stream {
+    /// Ends our direction: TLS close_notify first, then the TCP FIN.
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Client(s) => {
+                s.conn.send_close_notify();
+                s.flush()?;
+                s.sock.shutdown(std::net::Shutdown::Write)
+            }
+            Stream::Server(s) => {
+                s.conn.send_close_notify();
+                s.flush()?;
+                s.sock.shutdown(std::net::Shutdown::Write)
+            }
+        }
+    }
+}
+
+/// ring only: the workspace may enable other rustls providers too, and
+/// then rustls has no process-wide default to pick.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("reading CA {}: {e}", ca.display()))?;
+    for c in certs {
+        let c = c.map_err(|e| format!("CA {}: {e}", ca.display()))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("CA {}: {e}", ca.display()))?;
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS client config: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| format!("reading certificate {}: {e}", cert.display()))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("certificate {}: {e}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("reading key {}: {e}", key.display()))?;
+    let cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS server config: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("TLS certificate/key: {e}"))?;
+    Ok(Arc::new(cfg))
+}
+
 fn stratum_client(
     to: SocketAddr,
     shares: u64,
     interval: Duration,
     no_wait: bool,
     timeout: Duration,
+    tls_ca: Option<&Path>,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let s = ctx(
@@ -231,16 +356,33 @@ fn stratum_client(
     )?;
     ctx("nodelay", s.set_nodelay(true))?;
     ctx("read timeout", s.set_read_timeout(Some(timeout)))?;
-    let mut w = ctx("clone", s.try_clone())?;
-    let mut r = BufReader::new(s);
+    let stream = match tls_ca {
+        None => Stream::Plain(s),
+        Some(ca) => {
+            let name = rustls::pki_types::ServerName::IpAddress(to.ip().into());
+            let conn = rustls::ClientConnection::new(client_config(ca)?, name)
+                .map_err(|e| format!("TLS to {to}: {e}"))?;
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            // Handshake now, so a bad certificate fails here, by name.
+            while tls.conn.is_handshaking() {
+                ctx(
+                    &format!("TLS handshake with {to}"),
+                    tls.conn.complete_io(&mut tls.sock),
+                )?;
+            }
+            Stream::Client(Box::new(tls))
+        }
+    };
+    let mut r = BufReader::new(stream);
     let mut line = String::new();
-    let send = |w: &mut TcpStream, msg: String| -> Result<()> {
-        ctx("write", w.write_all(msg.as_bytes()))?;
+    let send = |r: &mut BufReader<Stream>, msg: String| -> Result<()> {
+        ctx("write", r.get_mut().write_all(msg.as_bytes()))?;
+        ctx("flush", r.get_mut().flush())?;
         // Separate segments, as real clients write one request at a time.
         thread::sleep(Duration::from_millis(20));
         Ok(())
     };
-    let mut read = |r: &mut BufReader<TcpStream>| -> Result<()> {
+    let mut read = |r: &mut BufReader<Stream>| -> Result<()> {
         if no_wait {
             return Ok(());
         }
@@ -248,12 +390,12 @@ fn stratum_client(
         ctx("read answer", r.read_line(&mut line)).map(|_| ())
     };
     send(
-        &mut w,
+        &mut r,
         "{\"id\": 1, \"method\": \"mining.subscribe\", \"params\": [\"tg-signal/1.0\"]}\n".into(),
     )?;
     read(&mut r)?;
     send(
-        &mut w,
+        &mut r,
         "{\"params\": [\"tollgate.test\", \"x\"], \"id\": 2, \"method\": \"mining.authorize\"}\n"
             .into(),
     )?;
@@ -267,7 +409,7 @@ fn stratum_client(
             say(format!("first-share {}", unix_ms()));
         }
         send(
-            &mut w,
+            &mut r,
             format!(
                 "{{\"params\": [\"tollgate.test\", \"job1\", \"00000000\", \"5f5e1000\", \"{:08x}\"], \"id\": {}, \"method\": \"mining.submit\"}}\n",
                 nonce as u32,
@@ -276,15 +418,19 @@ fn stratum_client(
         )?;
         read(&mut r)?;
     }
-    ctx("shutdown", w.shutdown(std::net::Shutdown::Write))?;
+    ctx("shutdown", r.get_mut().shutdown_write())?;
     // Wait for the peer's close (see tg-traffic tcp-stream).
     let mut rest = Vec::new();
-    let _ = io::Read::read_to_end(r.get_mut(), &mut rest);
+    let _ = r.read_to_end(&mut rest);
     say(format!("shares {shares}"));
     Ok(())
 }
 
-fn stratum_pool(listen: SocketAddr, timeout: Duration) -> Result<()> {
+fn stratum_pool(
+    listen: SocketAddr,
+    timeout: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let l = ctx("bind", TcpListener::bind(listen))?;
     say(format!("listening {}", ctx("local_addr", l.local_addr())?));
@@ -294,7 +440,8 @@ fn stratum_pool(listen: SocketAddr, timeout: Duration) -> Result<()> {
         match l.accept() {
             Ok((s, _)) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                workers.push(thread::spawn(move || serve(s, left)));
+                let tls = tls.clone();
+                workers.push(thread::spawn(move || serve(s, left, tls)));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_millis(5));
@@ -311,13 +458,20 @@ fn stratum_pool(listen: SocketAddr, timeout: Duration) -> Result<()> {
 }
 
 /// Answers one miner until it closes; returns the number of requests.
-fn serve(s: TcpStream, left: Duration) -> u64 {
+fn serve(s: TcpStream, left: Duration, tls: Option<Arc<rustls::ServerConfig>>) -> u64 {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-    let Ok(mut w) = s.try_clone() else {
-        return 0;
+    let stream = match tls {
+        None => Stream::Plain(s),
+        Some(cfg) => match rustls::ServerConnection::new(cfg) {
+            Ok(conn) => Stream::Server(Box::new(rustls::StreamOwned::new(conn, s))),
+            Err(e) => {
+                eprintln!("tg-signal: TLS session: {e}");
+                return 0;
+            }
+        },
     };
-    let mut r = BufReader::new(s);
+    let mut r = BufReader::new(stream);
     let mut line = String::new();
     let mut n = 0;
     loop {
@@ -338,9 +492,12 @@ fn serve(s: TcpStream, left: Duration) -> u64 {
         if line.contains("mining.authorize") {
             answer.push_str("{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"job1\",\"00\",\"01\",\"02\",[],\"20000000\",\"1d00ffff\",\"5f5e1000\",true]}\n");
         }
-        if w.write_all(answer.as_bytes()).is_err() {
+        if r.get_mut().write_all(answer.as_bytes()).is_err() || r.get_mut().flush().is_err() {
             break;
         }
     }
+    // Our close after theirs (TLS close_notify, then FIN): the miner sees
+    // a clean end of stream.
+    let _ = r.get_mut().shutdown_write();
     n
 }
