@@ -128,9 +128,14 @@ impl Tunnel {
         fs::read_to_string(self.logs.join(name)).unwrap_or_default()
     }
 
-    /// Stops the client, then the server (by pid).
+    /// Stops the server, then the client (by pid). In this order no DNS
+    /// answer is left in flight to a closed client socket (iodine's lazy
+    /// mode always has a query pending at the server), which the pod's
+    /// namespace would answer with an ICMP port unreachable from its
+    /// control socket, not the pod's cgroup; the client's last queries get
+    /// ICMP errors from the server's namespace instead.
     pub fn stop(&mut self) {
-        for c in [self.client.take(), self.server.take()].into_iter().flatten() {
+        for c in [self.server.take(), self.client.take()].into_iter().flatten() {
             let mut c = c;
             // `timeout` forwards the SIGTERM it gets to iodine(d).
             let _ = std::process::Command::new("kill")

@@ -53,6 +53,8 @@ pub struct Options<'a> {
     pub tc: bool,
     /// Cgroups (relative paths) in the class besides the topology's pods.
     pub more_cgroups: Vec<String>,
+    /// Windows (of 1 s) the class learns for; 0 = 5.
+    pub learning_windows: u32,
 }
 
 /// Field order is drop order: the agent (and its pins) first, then the
@@ -115,8 +117,8 @@ names = ["{CLASS}"]
 {extra}
 [detect]
 window = "1s"
-learning_windows = 5
-learning_duration = "5s"
+learning_windows = {learn}
+learning_duration = "{learn}s"
 save_interval = "1m"
 resolve_after = 60
 {detect}
@@ -124,6 +126,11 @@ resolve_after = 60
             state = state.0.display(),
             extra = opts.extra,
             detect = opts.detect,
+            learn = if opts.learning_windows == 0 {
+                5
+            } else {
+                opts.learning_windows
+            },
         );
         let agent = Agent::start(pins.path(), &config)
             .unwrap_or_else(|e| panic!("agent starts: {e}\nconfig:\n{config}"));
