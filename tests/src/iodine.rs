@@ -49,9 +49,15 @@ impl Tunnel {
     /// port 53) and iodine in `pod`; returns once the client logs that the
     /// tunnel is up (`timeout` at most). Both stop after `lifetime` even if
     /// nobody kills them (`timeout(1)`).
-    pub fn start(server: &Host, pod: &Pod, timeout: Duration, lifetime: Duration) -> Result<Tunnel> {
+    pub fn start(
+        server: &Host,
+        pod: &Pod,
+        timeout: Duration,
+        lifetime: Duration,
+    ) -> Result<Tunnel> {
         let logs = std::env::temp_dir().join(format!("tg-iodine-{}", crate::unique_suffix()));
-        fs::create_dir_all(&logs).map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
+        fs::create_dir_all(&logs)
+            .map_err(|e| Error::io(format!("creating {}", logs.display()), e))?;
         let life = lifetime.as_secs().max(1).to_string();
         let mut t = Tunnel {
             client: None,
@@ -135,7 +141,10 @@ impl Tunnel {
     /// control socket, not the pod's cgroup; the client's last queries get
     /// ICMP errors from the server's namespace instead.
     pub fn stop(&mut self) {
-        for c in [self.server.take(), self.client.take()].into_iter().flatten() {
+        for c in [self.server.take(), self.client.take()]
+            .into_iter()
+            .flatten()
+        {
             let mut c = c;
             // `timeout` forwards the SIGTERM it gets to iodine(d).
             let _ = std::process::Command::new("kill")

@@ -35,9 +35,7 @@ impl PoolCerts {
              printf 'subjectAltName=IP:%s\\nbasicConstraints=CA:FALSE\\nextendedKeyUsage=serverAuth\\n' \"$2\" > ext; \
              openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out srv.pem -days 2 -extfile ext 2>/dev/null";
         let mut c = Command::new("sh");
-        c.args(["-c", sh, "sh"])
-            .arg(&certs.dir)
-            .arg(ip.to_string());
+        c.args(["-c", sh, "sh"]).arg(&certs.dir).arg(ip.to_string());
         cmd::run_cmd(c, std::time::Duration::from_secs(30)).map_err(|e| {
             Error::Invalid(format!(
                 "making the pool's certificates with openssl ({e}): install openssl (`cargo xtask setup`)"

@@ -45,7 +45,7 @@ fn wait_iface(pins: &Path, name: &str, done: impl Fn(Count) -> bool) -> Count {
     last.unwrap_or_else(|| panic!("interface {name} never appeared in the agent's snapshot"))
 }
 
-/// 3. An AF_PACKET sender in a pod writes whole frames to eth0, under the
+/// Case 3: An AF_PACKET sender in a pod writes whole frames to eth0, under the
 /// socket layer: the cgroup hooks see nothing (the pod's cgroup counters
 /// stay at zero), the tc program on the host-side veth counts every frame,
 /// exactly as nftables at the internet host counts what arrives. No
@@ -89,7 +89,10 @@ fn af_packet_frames_bypass_cgroup_hooks_but_tc_counts_them() {
         packets: after.packets - before.packets,
         bytes: after.bytes - before.bytes,
     };
-    assert_eq!(tc, at_inet, "tc on the host-side veth vs nft at the internet host");
+    assert_eq!(
+        tc, at_inet,
+        "tc on the host-side veth vs nft at the internet host"
+    );
     let cg = lab.row_when(pod.cgroup.id(), |_| true);
     assert_eq!(
         cg.egress.total(),
@@ -126,7 +129,7 @@ fn in_cgroup_and_ns(cg: &TestCgroup, ns: &Netns, argv: &[&str]) -> Command {
     c
 }
 
-/// 4. A hostNetwork-style pod: its own cgroup but the node's network
+/// Case 4: A hostNetwork-style pod: its own cgroup but the node's network
 /// namespace (here the "node" pod's namespace, shared with the node's own
 /// cgroup). No veth of its own to count on, but the cgroup hooks attribute
 /// each packet to the socket's cgroup: both cgroups are counted exactly,
@@ -199,15 +202,28 @@ fn host_network_pod_is_counted_by_its_cgroup() {
         in_cgroup_and_ns(
             &hostnet,
             &node.netns,
-            &[TRAFFIC, "tcp-send", "--to", &to, "--bytes", &TCP_BYTES.to_string()],
+            &[
+                TRAFFIC,
+                "tcp-send",
+                "--to",
+                &to,
+                "--bytes",
+                &TCP_BYTES.to_string(),
+            ],
         ),
         WAIT,
     )
     .expect("hostNetwork pod uploads");
     for mut s in sinks {
-        assert_eq!(s.finish(WAIT).expect("udp sink").last_number(), Some(DATAGRAMS));
+        assert_eq!(
+            s.finish(WAIT).expect("udp sink").last_number(),
+            Some(DATAGRAMS)
+        );
     }
-    assert_eq!(tcp.finish(WAIT).expect("tcp sink").last_number(), Some(TCP_BYTES));
+    assert_eq!(
+        tcp.finish(WAIT).expect("tcp sink").last_number(),
+        Some(TCP_BYTES)
+    );
     let reference = nft::read(&node.netns).expect("nft");
     let host_out = Count {
         packets: reference.egress(host_udp).packets + reference.egress(host_tcp).packets,
@@ -225,10 +241,22 @@ fn host_network_pod_is_counted_by_its_cgroup() {
     let hrow = lab.row_when(hostnet.id(), |r| {
         count(r.egress.external) == host_out && count(r.ingress.external) == host_in
     });
-    assert_eq!(count(hrow.egress.external), host_out, "hostNetwork pod egress");
-    assert_eq!(count(hrow.ingress.external), host_in, "hostNetwork pod ingress");
+    assert_eq!(
+        count(hrow.egress.external),
+        host_out,
+        "hostNetwork pod egress"
+    );
+    assert_eq!(
+        count(hrow.ingress.external),
+        host_in,
+        "hostNetwork pod ingress"
+    );
     let nrow = lab.row_when(node.cgroup.id(), |r| count(r.egress.external) == node_out);
-    assert_eq!(count(nrow.egress.external), node_out, "the node's own cgroup");
+    assert_eq!(
+        count(nrow.egress.external),
+        node_out,
+        "the node's own cgroup"
+    );
     assert_eq!(hrow.class.as_deref(), Some(crate::lab::CLASS));
     row(
         "4 hostNetwork-style pod",

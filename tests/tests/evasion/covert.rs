@@ -5,16 +5,17 @@ use std::net::{IpAddr, SocketAddr};
 
 use tollgate::detect::{Detector, Severity};
 use tollgate_tests::{
+    cmd,
     iodine::{self, Tunnel},
     nft::{self, Count, L4, Peer},
     pool::{self, PoolCerts},
-    cmd, privileged,
+    privileged,
     traffic::Sink,
 };
 
 use crate::lab::{Lab, Options, SIGNAL, TRAFFIC, TRICKLE_PORT, WAIT, count, row};
 
-/// 5. A miner speaking stratum inside TLS to port 443. The kernel's
+/// Case 5: A miner speaking stratum inside TLS to port 443. The kernel's
 /// stratum matcher sees only ciphertext (no marker, no mining.stratum) and
 /// 443 is no pool port; mining.profile catches the shape: CPU near the
 /// limit for 3 windows, one long-lived low-volume external connection.
@@ -38,8 +39,8 @@ fn stratum_over_tls_on_443_is_caught_by_its_profile() {
     nft::install(&pod.netns, &[Peer::addr(net)]).expect("nft");
     let certs = PoolCerts::new(net).expect("pool certificates");
     lab.learn(pod, false);
-    let stub = pool::start_tls_pool(lab.topo.internet(), SIGNAL, pool_addr, &certs, 90)
-        .expect("TLS pool");
+    let stub =
+        pool::start_tls_pool(lab.topo.internet(), SIGNAL, pool_addr, &certs, 90).expect("TLS pool");
     // One share every 300 ms of busy CPU: about 18 s of mining at most.
     let mut miner = pod
         .command(&[
@@ -71,7 +72,11 @@ fn stratum_over_tls_on_443_is_caught_by_its_profile() {
             lab.agent.log()
         )
     });
-    assert!(out.stdout.contains(&format!("shares {SHARES}")), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("shares {SHARES}")),
+        "{}",
+        out.stdout
+    );
     // The miner has closed its session; the stub would idle until its
     // own timeout, so it is stopped (killed by pid) here.
     drop(stub);
@@ -95,9 +100,10 @@ fn stratum_over_tls_on_443_is_caught_by_its_profile() {
         reference,
         &detected.join(","),
     );
+    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
-/// 6. A DNS tunnel with iodine: iodined is the authoritative server of
+/// Case 6: A DNS tunnel with iodine: iodined is the authoritative server of
 /// the test domain in the internet namespace, iodine runs in the pod, and
 /// a TCP upload goes through the tunnel. Every query is counted (the
 /// agent's DNS query count equals nft's datagrams to port 53) and
@@ -118,8 +124,8 @@ fn iodine_dns_tunnel_is_counted_and_detected() {
     let inner = Peer::addr(IpAddr::V4(iodine::SERVER_TUN));
     nft::install(&pod.netns, &[Peer::addr(net), dns, trickle, inner]).expect("nft");
     lab.learn(pod, false);
-    let mut tunnel = Tunnel::start(inet, pod, WAIT, std::time::Duration::from_secs(200))
-        .expect("iodine tunnel");
+    let mut tunnel =
+        Tunnel::start(inet, pod, WAIT, std::time::Duration::from_secs(200)).expect("iodine tunnel");
     let to = SocketAddr::new(IpAddr::V4(iodine::SERVER_TUN), 9400).to_string();
     let mut sink = Sink::start(inet.command(&[
         TRAFFIC,
@@ -155,8 +161,7 @@ fn iodine_dns_tunnel_is_counted_and_detected() {
     // By port, not by address: the ICMP errors of the tunnel's teardown
     // (see `Tunnel::stop`) come from namespaces' control sockets, not from
     // the pod's sockets, and the cgroup hooks rightly leave them out.
-    let (agent, total) =
-        lab.exact_external("iodine", pod.cgroup.id(), &pod.netns, &[dns, trickle]);
+    let (agent, total) = lab.exact_external("iodine", pod.cgroup.id(), &pod.netns, &[dns, trickle]);
     let all = reference.egress(Peer::addr(net));
     let icmp = all.packets - total.packets;
     let r = lab.row_when(pod.cgroup.id(), |_| true);
@@ -171,7 +176,10 @@ fn iodine_dns_tunnel_is_counted_and_detected() {
         reference.egress(dns),
         "queries to port 53, agent flow vs nft"
     );
-    assert_eq!(r.dns_queries, queries, "every datagram to port 53 counted as a query");
+    assert_eq!(
+        r.dns_queries, queries,
+        "every datagram to port 53 counted as a query"
+    );
     assert_eq!(
         count(r.egress.internal),
         reference.egress(inner),
@@ -187,9 +195,10 @@ fn iodine_dns_tunnel_is_counted_and_detected() {
         total,
         &lab.detectors_for(pod.cgroup.id()).join(","),
     );
+    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
-/// 7. A slow drip: 2,000-byte datagrams every 100 ms (about 20 kB/s),
+/// Case 7: A slow drip: 2,000-byte datagrams every 100 ms (about 20 kB/s),
 /// far below exfil.volume's per-window minimum (256 KiB/s), to the prefix
 /// the class trickles to (so not a new destination). With a 30 s drip
 /// horizon and a 150 kB floor the cumulative bytes per (pod, prefix)
@@ -241,7 +250,10 @@ fn slow_drip_below_every_window_threshold_is_detected() {
     let found = lab.wait_finding_or_none(pod.cgroup.id(), Detector::ExfilSlowDrip, &mut drip);
     let out = cmd::wait_timeout(drip, WAIT, "drip").expect("drip exits");
     cmd::check("drip", out).expect("drip sent every datagram");
-    assert_eq!(sink.finish(WAIT).expect("sink").last_number(), Some(DATAGRAMS));
+    assert_eq!(
+        sink.finish(WAIT).expect("sink").last_number(),
+        Some(DATAGRAMS)
+    );
     let (agent, reference) =
         lab.exact_external("slow drip", pod.cgroup.id(), &pod.netns, &[Peer::addr(net)]);
     let detected = lab.detectors_for(pod.cgroup.id());
@@ -250,8 +262,13 @@ fn slow_drip_below_every_window_threshold_is_detected() {
         &format!("{DATAGRAMS} datagrams of {SIZE} B every 100 ms to {to}/udp (~20 kB/s)"),
         agent,
         reference,
-        &if detected.is_empty() { "NONE".to_string() } else { detected.join(",") },
+        &if detected.is_empty() {
+            "NONE".to_string()
+        } else {
+            detected.join(",")
+        },
     );
+    crate::lab::summaries(&lab, pod.cgroup.id());
     assert!(
         !detected.contains(&"exfil.volume"),
         "the drip stays under the per-window volume threshold: {detected:?}"

@@ -151,7 +151,11 @@ resolve_after = 60
     /// The internet host's address of the family asked for.
     pub fn net(&self, v6: bool) -> IpAddr {
         let h = self.topo.internet();
-        if v6 { IpAddr::V6(h.v6) } else { IpAddr::V4(h.v4) }
+        if v6 {
+            IpAddr::V6(h.v6)
+        } else {
+            IpAddr::V4(h.v4)
+        }
     }
 
     /// Benign traffic from `pod` (100-byte datagrams every 100 ms to the
@@ -202,7 +206,10 @@ resolve_after = 60
             .into_iter()
             .filter(|f| f.subject.cgroup_id == pod.cgroup.id())
             .collect();
-        assert!(benign.is_empty(), "benign traffic raised findings: {benign:#?}");
+        assert!(
+            benign.is_empty(),
+            "benign traffic raised findings: {benign:#?}"
+        );
     }
 
     pub fn findings(&self) -> Vec<Finding> {
@@ -325,6 +332,13 @@ pub fn count(c: tollgate_tests::top::Count) -> Count {
 pub fn stop(c: &mut Child) {
     let _ = c.kill();
     let _ = c.wait();
+}
+
+/// Prints each finding's one-line summary for cgroup `id` under its row.
+pub fn summaries(lab: &Lab, id: u64) {
+    for f in lab.findings().iter().filter(|f| f.subject.cgroup_id == id) {
+        println!("    {} {}: {}", f.detector.as_str(), f.severity, f.summary);
+    }
 }
 
 /// One row of the suite's table (the report's format): what was tried,

@@ -47,7 +47,7 @@ fn upload(lab: &Lab, to: SocketAddr, bytes: u64) {
     assert_eq!(got.last_number(), Some(bytes), "the sink got the upload");
 }
 
-/// 1. IPv6 only: learning and the 40 MB upload both over IPv6.
+/// Case 1: IPv6 only: learning and the 40 MB upload both over IPv6.
 #[test]
 fn ipv6_only_exfiltration_is_counted_and_detected() {
     privileged!("nft");
@@ -60,9 +60,12 @@ fn ipv6_only_exfiltration_is_counted_and_detected() {
     let f = lab.wait_finding(pod.cgroup.id(), Detector::ExfilVolume);
     assert_eq!(f.state, FindingState::Firing);
     assert_eq!(f.destinations[0], format!("[{net}]:9100/tcp"));
-    let (agent, reference) = lab.exact_external("IPv6 upload", pod.cgroup.id(), &pod.netns, &[
-        Peer::addr(net),
-    ]);
+    let (agent, reference) = lab.exact_external(
+        "IPv6 upload",
+        pod.cgroup.id(),
+        &pod.netns,
+        &[Peer::addr(net)],
+    );
     row(
         "1 IPv6-only exfiltration",
         &format!("1 TCP upload of {UPLOAD} B to [{net}]:9100 after a v6 trickle"),
@@ -70,9 +73,10 @@ fn ipv6_only_exfiltration_is_counted_and_detected() {
         reference,
         &lab.detectors_for(pod.cgroup.id()).join(","),
     );
+    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
-/// 2. UDP to port 443 with random payload (QUIC-like first byte): counted
+/// Case 2: UDP to port 443 with random payload (QUIC-like first byte): counted
 /// per datagram exactly, exfil.volume on the bulk.
 #[test]
 fn quic_like_udp_is_counted_exactly_and_bulk_is_detected() {
@@ -130,9 +134,12 @@ fn quic_like_udp_is_counted_exactly_and_bulk_is_detected() {
         },
         "nft saw every datagram leave the pod"
     );
-    let (agent, total) = lab.exact_external("QUIC-like UDP", pod.cgroup.id(), &pod.netns, &[
-        Peer::addr(net),
-    ]);
+    let (agent, total) = lab.exact_external(
+        "QUIC-like UDP",
+        pod.cgroup.id(),
+        &pod.netns,
+        &[Peer::addr(net)],
+    );
     let snapshot = lab.row_when(pod.cgroup.id(), |_| true);
     let d = snapshot
         .destination(net, 443, "udp")
@@ -151,6 +158,7 @@ fn quic_like_udp_is_counted_exactly_and_bulk_is_detected() {
         total,
         &lab.detectors_for(pod.cgroup.id()).join(","),
     );
+    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
 /// The extra internet prefixes of case 8: 2001:db8:1NN::1, one /48 each.
@@ -158,7 +166,7 @@ fn spread_addr(i: u16) -> Ipv6Addr {
     Ipv6Addr::new(0x2001, 0xdb8, 0x100 + i, 0, 0, 0, 0, 1)
 }
 
-/// 8. Exfiltration spread over many destinations (24 /48 prefixes the
+/// Case 8: Exfiltration spread over many destinations (24 /48 prefixes the
 /// class never used, 800 kB each, below exfil.new_destination's per-prefix
 /// minimum): caught by exfil.volume on the total.
 #[test]
@@ -187,7 +195,15 @@ fn exfiltration_spread_over_many_destinations_is_detected_on_the_total() {
     for i in 0..DESTS {
         let a = spread_addr(i);
         inet.netns
-            .ip(["-6", "addr", "add", &format!("{a}/128"), "dev", "eth0", "nodad"])
+            .ip([
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/128"),
+                "dev",
+                "eth0",
+                "nodad",
+            ])
             .expect("address");
         peers.push(Peer::addr(IpAddr::V6(a)));
     }
@@ -237,9 +253,10 @@ fn exfiltration_spread_over_many_destinations_is_detected_on_the_total() {
         reference,
         &lab.detectors_for(pod.cgroup.id()).join(","),
     );
+    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
-/// 9. Exfiltration to a destination the class uses and its egress policy
+/// Case 9: Exfiltration to a destination the class uses and its egress policy
 /// allows (deny everything else): the policy lets it through, exfil.volume
 /// catches it.
 #[test]
@@ -267,23 +284,27 @@ fn exfiltration_to_an_allowed_destination_is_detected() {
     // Another port on the same host is denied by the policy (EPERM at
     // connect()): the allowlist is really in force.
     let out = pod
-        .run(
-            &[TRAFFIC, "connect", "--to", &format!("{net}:9999")],
-            WAIT,
-        )
+        .run(&[TRAFFIC, "connect", "--to", &format!("{net}:9999")], WAIT)
         .expect("connect runs");
     assert!(
         out.stdout.contains("ermission") || out.stdout.contains("not permitted"),
         "a denied destination: {}",
         out.stdout
     );
-    let (agent, reference) =
-        lab.exact_external("allowed upload", pod.cgroup.id(), &pod.netns, &[Peer::addr(net)]);
+    let (agent, reference) = lab.exact_external(
+        "allowed upload",
+        pod.cgroup.id(),
+        &pod.netns,
+        &[Peer::addr(net)],
+    );
     row(
         "9 allowed destination",
-        &format!("1 TCP upload of {UPLOAD} B to {net}:{TRICKLE_PORT} (class trickles there; policy deny + allow it)"),
+        &format!(
+            "1 TCP upload of {UPLOAD} B to {net}:{TRICKLE_PORT} (class trickles there; policy deny + allow it)"
+        ),
         agent,
         reference,
         &lab.detectors_for(pod.cgroup.id()).join(","),
     );
+    crate::lab::summaries(&lab, pod.cgroup.id());
 }
