@@ -47,12 +47,16 @@ fn upload(lab: &Lab, to: SocketAddr, bytes: u64) {
     assert_eq!(got.last_number(), Some(bytes), "the sink got the upload");
 }
 
-/// Case 1: IPv6 only: learning and the 40 MB upload both over IPv6.
+/// Case 1: IPv6 only: the pod has no IPv4 address at all; learning and the
+/// 40 MB upload are both over IPv6.
 #[test]
 fn ipv6_only_exfiltration_is_counted_and_detected() {
     privileged!("nft");
     let lab = Lab::start(&["v6exfil"], Options::default());
     let pod = lab.pod(0);
+    pod.netns
+        .ip(["-4", "addr", "flush", "dev", "eth0"])
+        .expect("IPv4 removed from the pod");
     let net = lab.net(true);
     nft::install(&pod.netns, &[Peer::addr(net)]).expect("nft");
     lab.learn(pod, true);
@@ -246,9 +250,24 @@ fn exfiltration_spread_over_many_destinations_is_detected_on_the_total() {
     );
     let (agent, reference) =
         lab.exact_external("spread uploads", pod.cgroup.id(), &pod.netns, &peers);
+    // Per destination too: each /48's flow against nft's rule for it.
+    let snapshot = lab.row_when(pod.cgroup.id(), |_| true);
+    let counters = nft::read(&pod.netns).expect("nft");
+    for i in 0..DESTS {
+        let a = IpAddr::V6(spread_addr(i));
+        let d = snapshot
+            .destination(a, 9500, "tcp")
+            .unwrap_or_else(|| panic!("no flow to [{a}]:9500 in {:?}", snapshot.destinations));
+        let n = counters.egress(Peer::addr(a));
+        assert_eq!(
+            (d.tx_packets, d.tx_bytes),
+            (n.packets, n.bytes),
+            "flow to [{a}]:9500, agent vs nft"
+        );
+    }
     row(
         "8 many destinations",
-        &format!("{DESTS} TCP uploads of {EACH} B, one per new /48"),
+        &format!("{DESTS} TCP uploads of {EACH} B, one per new /48 (each flow exact too)"),
         agent,
         reference,
         &lab.detectors_for(pod.cgroup.id()).join(","),
