@@ -75,6 +75,13 @@ enum Cmd {
         no_wait: bool,
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
+        /// Write each message as two TCP segments, split after this many
+        /// bytes (0: whole), 20 ms apart.
+        #[arg(long, default_value_t = 0)]
+        split_at: usize,
+        /// With --split-at: split only the first message (subscribe).
+        #[arg(long)]
+        split_first_only: bool,
         /// Speak TLS, trusting this PEM CA (the pool's certificate must
         /// name the address of --to).
         #[arg(long)]
@@ -163,6 +170,8 @@ fn run(cmd: Cmd) -> Result<()> {
             interval_ms,
             no_wait,
             timeout_s,
+            split_at,
+            split_first_only,
             tls_ca,
         } => stratum_client(
             to,
@@ -170,6 +179,10 @@ fn run(cmd: Cmd) -> Result<()> {
             Duration::from_millis(interval_ms),
             no_wait,
             secs(timeout_s),
+            Split {
+                at: split_at,
+                first_only: split_first_only,
+            },
             tls_ca.as_deref(),
         ),
         Cmd::StratumPool {
@@ -281,6 +294,20 @@ impl Write for Stream {
 }
 
 impl Stream {
+    /// TLS reports the end at the peer's close_notify, which may come
+    /// before its TCP FIN: read the socket to its FIN too, so we do not
+    /// close first and leave the last ACK to a TIME_WAIT socket (which
+    /// belongs to no cgroup).
+    fn wait_tcp_eof(&mut self) {
+        let sock = match self {
+            Stream::Plain(s) => s,
+            Stream::Client(s) => &mut s.sock,
+            Stream::Server(s) => &mut s.sock,
+        };
+        let mut buf = [0u8; 4096];
+        while matches!(sock.read(&mut buf), Ok(n) if n > 0) {}
+    }
+
     /// Ends our direction: TLS close_notify first, then the TCP FIN.
     fn shutdown_write(&mut self) -> io::Result<()> {
         match self {
@@ -341,12 +368,19 @@ fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(cfg))
 }
 
+/// How the stratum client cuts its messages into segments.
+struct Split {
+    at: usize,
+    first_only: bool,
+}
+
 fn stratum_client(
     to: SocketAddr,
     shares: u64,
     interval: Duration,
     no_wait: bool,
     timeout: Duration,
+    split: Split,
     tls_ca: Option<&Path>,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
@@ -375,9 +409,21 @@ fn stratum_client(
     };
     let mut r = BufReader::new(stream);
     let mut line = String::new();
-    let send = |r: &mut BufReader<Stream>, msg: String| -> Result<()> {
-        ctx("write", r.get_mut().write_all(msg.as_bytes()))?;
-        ctx("flush", r.get_mut().flush())?;
+    let mut sent = 0usize;
+    let mut send = |r: &mut BufReader<Stream>, msg: String| -> Result<()> {
+        let cut = split.at > 0 && split.at < msg.len() && (!split.first_only || sent == 0);
+        sent += 1;
+        let w = r.get_mut();
+        if cut {
+            // Two segments (nodelay), the first ending inside the message.
+            ctx("write", w.write_all(&msg.as_bytes()[..split.at]))?;
+            ctx("flush", w.flush())?;
+            thread::sleep(Duration::from_millis(20));
+            ctx("write", w.write_all(&msg.as_bytes()[split.at..]))?;
+        } else {
+            ctx("write", w.write_all(msg.as_bytes()))?;
+        }
+        ctx("flush", w.flush())?;
         // Separate segments, as real clients write one request at a time.
         thread::sleep(Duration::from_millis(20));
         Ok(())
@@ -422,6 +468,7 @@ fn stratum_client(
     // Wait for the peer's close (see tg-traffic tcp-stream).
     let mut rest = Vec::new();
     let _ = r.read_to_end(&mut rest);
+    r.get_mut().wait_tcp_eof();
     say(format!("shares {shares}"));
     Ok(())
 }
