@@ -8,6 +8,7 @@ use std::{
     process::Command,
 };
 
+use tollgate::detect::Detector;
 use tollgate_tests::{
     agent::top_json,
     cgroup::TestCgroup,
@@ -133,12 +134,14 @@ fn in_cgroup_and_ns(cg: &TestCgroup, ns: &Netns, argv: &[&str]) -> Command {
 /// namespace (here the "node" pod's namespace, shared with the node's own
 /// cgroup). No veth of its own to count on, but the cgroup hooks attribute
 /// each packet to the socket's cgroup: both cgroups are counted exactly,
-/// apart, against nftables rules by port in the shared namespace.
+/// apart, against nftables rules by port in the shared namespace, and the
+/// hostNetwork pod's 40 MB upload raises exfil.volume for it, not for the
+/// node.
 #[test]
 fn host_network_pod_is_counted_by_its_cgroup() {
     privileged!("nft");
     const DATAGRAMS: u64 = 50;
-    const TCP_BYTES: u64 = 2_000_000;
+    const TCP_BYTES: u64 = 40_000_000;
     let hostnet = TestCgroup::new("hostnet").expect("cgroup");
     let lab = Lab::start(
         &["node"],
@@ -150,12 +153,16 @@ fn host_network_pod_is_counted_by_its_cgroup() {
     let node = lab.pod(0);
     let net = lab.net(false);
     let inet = lab.topo.internet();
-    let (node_udp, host_udp, host_tcp) = (
+    let (node_udp, host_udp, host_tcp, host_trickle) = (
         Peer::port(net, L4::Udp, 9300),
         Peer::port(net, L4::Udp, 9301),
         Peer::port(net, L4::Tcp, 9302),
+        Peer::port(net, L4::Udp, crate::lab::TRICKLE_PORT),
     );
-    nft::install(&node.netns, &[node_udp, host_udp, host_tcp]).expect("nft");
+    nft::install(&node.netns, &[node_udp, host_udp, host_tcp, host_trickle]).expect("nft");
+    lab.learn_from(hostnet.id(), false, |argv| {
+        in_cgroup_and_ns(&hostnet, &node.netns, argv)
+    });
     let mut sinks = Vec::new();
     for port in [9300u16, 9301] {
         sinks.push(
@@ -178,6 +185,8 @@ fn host_network_pod_is_counted_by_its_cgroup() {
         "--listen",
         &SocketAddr::new(net, 9302).to_string(),
         "--once",
+        "--timeout-s",
+        "60",
     ]))
     .expect("tcp sink");
     let udp = |port: u16, size: &str| {
@@ -209,6 +218,8 @@ fn host_network_pod_is_counted_by_its_cgroup() {
                 &to,
                 "--bytes",
                 &TCP_BYTES.to_string(),
+                "--timeout-s",
+                "60",
             ],
         ),
         WAIT,
@@ -225,10 +236,13 @@ fn host_network_pod_is_counted_by_its_cgroup() {
         Some(TCP_BYTES)
     );
     let reference = nft::read(&node.netns).expect("nft");
-    let host_out = Count {
-        packets: reference.egress(host_udp).packets + reference.egress(host_tcp).packets,
-        bytes: reference.egress(host_udp).bytes + reference.egress(host_tcp).bytes,
-    };
+    let host_out = [host_udp, host_tcp, host_trickle]
+        .iter()
+        .map(|p| reference.egress(*p))
+        .fold(Count::default(), |a, c| Count {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+        });
     let host_in = reference.ingress(host_tcp);
     let node_out = reference.egress(node_udp);
     assert_eq!(
@@ -258,14 +272,22 @@ fn host_network_pod_is_counted_by_its_cgroup() {
         "the node's own cgroup"
     );
     assert_eq!(hrow.class.as_deref(), Some(crate::lab::CLASS));
+    let f = lab.wait_finding(hostnet.id(), Detector::ExfilVolume);
+    assert_eq!(f.destinations[0], format!("{net}:9302/tcp"));
+    let node_findings = lab.detectors_for(node.cgroup.id());
+    assert!(
+        node_findings.is_empty(),
+        "the node's own cgroup is not blamed: {node_findings:?}"
+    );
     row(
         "4 hostNetwork-style pod",
         &format!(
-            "{DATAGRAMS} datagrams + {TCP_BYTES} B TCP from a cgroup in the node's netns (node's own cgroup: {DATAGRAMS} datagrams, counted apart: {} B)",
+            "{DATAGRAMS} datagrams + {TCP_BYTES} B TCP upload from a cgroup in the node's netns (node's own cgroup: {DATAGRAMS} datagrams, counted apart: {} B, no finding)",
             node_out.bytes
         ),
         count(hrow.egress.external),
         host_out,
-        "not an attack by itself (no detector expected)",
+        &lab.detectors_for(hostnet.id()).join(","),
     );
+    crate::lab::summaries(&lab, hostnet.id());
 }

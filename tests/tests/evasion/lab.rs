@@ -7,7 +7,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    process::Child,
+    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -163,6 +163,12 @@ resolve_after = 60
     /// trickle is stopped before returning, so the attack that follows is
     /// the pod's only traffic.
     pub fn learn(&self, pod: &Pod, v6: bool) {
+        self.learn_from(pod.cgroup.id(), v6, |argv| pod.command(argv));
+    }
+
+    /// [`Lab::learn`] for cgroup `id` whose processes `command` starts
+    /// (a pod, or a cgroup in another pod's namespace).
+    pub fn learn_from(&self, id: u64, v6: bool, command: impl Fn(&[&str]) -> Command) {
         let to = SocketAddr::new(self.net(v6), TRICKLE_PORT).to_string();
         let mut sink = Sink::start(self.topo.internet().command(&[
             TRAFFIC,
@@ -175,22 +181,25 @@ resolve_after = 60
             "120",
         ]))
         .expect("trickle sink");
-        let mut trickle = pod
-            .spawn(&[
-                TRAFFIC,
-                "udp-send",
-                "--to",
-                &to,
-                "--count",
-                "900",
-                "--size",
-                "100",
-                "--interval-ms",
-                "100",
-                "--timeout-s",
-                "100",
-            ])
-            .expect("benign sender");
+        let mut trickle = command(&[
+            TRAFFIC,
+            "udp-send",
+            "--to",
+            &to,
+            "--count",
+            "900",
+            "--size",
+            "100",
+            "--interval-ms",
+            "100",
+            "--timeout-s",
+            "100",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("benign sender");
         let learned = format!("class=\"{CLASS}\"");
         let waited = wait_until("the class to learn", WAIT, || {
             self.agent
@@ -204,7 +213,7 @@ resolve_after = 60
         let benign: Vec<Finding> = self
             .findings()
             .into_iter()
-            .filter(|f| f.subject.cgroup_id == pod.cgroup.id())
+            .filter(|f| f.subject.cgroup_id == id)
             .collect();
         assert!(
             benign.is_empty(),
