@@ -41,7 +41,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "tests: receives the agent's alerts and delivers them to a test webhook",
     ),
     ("python3-venv", "the hadolint venv (deploy tests)"),
-    ("iodine", "eval: the DNS tunnel attack (iodine, iodined)"),
+    (
+        "iodine",
+        "evasion tests and eval: a real DNS tunnel (iodined in the internet namespace, iodine in a pod)",
+    ),
 ];
 
 /// Services the packages above install and start; tests run their own

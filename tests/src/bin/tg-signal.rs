@@ -4,15 +4,24 @@
 //! `dns` sends exactly the queries it is told (one UDP datagram each, no
 //! retries). `stratum-client` speaks the client side of stratum v1
 //! (subscribe, authorize, then shares); `stratum-pool` is a minimal pool
-//! that answers every request and hands out one job. Every command is
-//! bounded in time.
+//! that answers every request and hands out one job. Both speak stratum
+//! over TLS too (`--tls-ca` / `--tls-cert`, `--tls-key`): a miner hiding
+//! its protocol on port 443, where only sizes and timing remain visible.
+//! Every command is bounded in time.
 #![forbid(unsafe_code)]
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+
+// A directory without main.rs, so not a target of its own.
+#[path = "tg-signal/tls.rs"]
+mod tls;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tls::{Stream, client_config, server_config};
 
 use clap::{Parser, Subcommand};
 
@@ -78,6 +87,10 @@ enum Cmd {
         /// With --split-at: split only the first message (subscribe).
         #[arg(long)]
         split_first_only: bool,
+        /// Speak TLS, trusting this PEM CA (the pool's certificate must
+        /// name the address of --to).
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
     },
     /// Minimal stratum pool: answers every request line with a result,
     /// sends one mining.notify after authorize; counts requests by method.
@@ -86,6 +99,12 @@ enum Cmd {
         listen: SocketAddr,
         #[arg(long, default_value_t = 30)]
         timeout_s: u64,
+        /// Serve TLS with this PEM certificate chain (needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
 }
 
@@ -158,6 +177,7 @@ fn run(cmd: Cmd) -> Result<()> {
             timeout_s,
             split_at,
             split_first_only,
+            tls_ca,
         } => stratum_client(
             to,
             shares,
@@ -168,8 +188,20 @@ fn run(cmd: Cmd) -> Result<()> {
                 at: split_at,
                 first_only: split_first_only,
             },
+            tls_ca.as_deref(),
         ),
-        Cmd::StratumPool { listen, timeout_s } => stratum_pool(listen, secs(timeout_s)),
+        Cmd::StratumPool {
+            listen,
+            timeout_s,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = match (tls_cert, tls_key) {
+                (Some(c), Some(k)) => Some(server_config(&c, &k)?),
+                _ => None,
+            };
+            stratum_pool(listen, secs(timeout_s), tls)
+        }
     }
 }
 
@@ -243,6 +275,7 @@ fn stratum_client(
     no_wait: bool,
     timeout: Duration,
     split: Split,
+    tls_ca: Option<&Path>,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let s = ctx(
@@ -251,26 +284,45 @@ fn stratum_client(
     )?;
     ctx("nodelay", s.set_nodelay(true))?;
     ctx("read timeout", s.set_read_timeout(Some(timeout)))?;
-    let mut w = ctx("clone", s.try_clone())?;
-    let mut r = BufReader::new(s);
+    let stream = match tls_ca {
+        None => Stream::Plain(s),
+        Some(ca) => {
+            let name = rustls::pki_types::ServerName::IpAddress(to.ip().into());
+            let conn = rustls::ClientConnection::new(client_config(ca)?, name)
+                .map_err(|e| format!("TLS to {to}: {e}"))?;
+            let mut tls = rustls::StreamOwned::new(conn, s);
+            // Handshake now, so a bad certificate fails here, by name.
+            while tls.conn.is_handshaking() {
+                ctx(
+                    &format!("TLS handshake with {to}"),
+                    tls.conn.complete_io(&mut tls.sock),
+                )?;
+            }
+            Stream::Client(Box::new(tls))
+        }
+    };
+    let mut r = BufReader::new(stream);
     let mut line = String::new();
     let mut sent = 0usize;
-    let mut send = |w: &mut TcpStream, msg: String| -> Result<()> {
+    let mut send = |r: &mut BufReader<Stream>, msg: String| -> Result<()> {
         let cut = split.at > 0 && split.at < msg.len() && (!split.first_only || sent == 0);
         sent += 1;
+        let w = r.get_mut();
         if cut {
             // Two segments (nodelay), the first ending inside the message.
             ctx("write", w.write_all(&msg.as_bytes()[..split.at]))?;
+            ctx("flush", w.flush())?;
             thread::sleep(Duration::from_millis(20));
             ctx("write", w.write_all(&msg.as_bytes()[split.at..]))?;
         } else {
             ctx("write", w.write_all(msg.as_bytes()))?;
         }
+        ctx("flush", w.flush())?;
         // Separate segments, as real clients write one request at a time.
         thread::sleep(Duration::from_millis(20));
         Ok(())
     };
-    let mut read = |r: &mut BufReader<TcpStream>| -> Result<()> {
+    let mut read = |r: &mut BufReader<Stream>| -> Result<()> {
         if no_wait {
             return Ok(());
         }
@@ -278,12 +330,12 @@ fn stratum_client(
         ctx("read answer", r.read_line(&mut line)).map(|_| ())
     };
     send(
-        &mut w,
+        &mut r,
         "{\"id\": 1, \"method\": \"mining.subscribe\", \"params\": [\"tg-signal/1.0\"]}\n".into(),
     )?;
     read(&mut r)?;
     send(
-        &mut w,
+        &mut r,
         "{\"params\": [\"tollgate.test\", \"x\"], \"id\": 2, \"method\": \"mining.authorize\"}\n"
             .into(),
     )?;
@@ -297,7 +349,7 @@ fn stratum_client(
             say(format!("first-share {}", unix_ms()));
         }
         send(
-            &mut w,
+            &mut r,
             format!(
                 "{{\"params\": [\"tollgate.test\", \"job1\", \"00000000\", \"5f5e1000\", \"{:08x}\"], \"id\": {}, \"method\": \"mining.submit\"}}\n",
                 nonce as u32,
@@ -306,15 +358,20 @@ fn stratum_client(
         )?;
         read(&mut r)?;
     }
-    ctx("shutdown", w.shutdown(std::net::Shutdown::Write))?;
+    ctx("shutdown", r.get_mut().shutdown_write())?;
     // Wait for the peer's close (see tg-traffic tcp-stream).
     let mut rest = Vec::new();
-    let _ = io::Read::read_to_end(r.get_mut(), &mut rest);
+    let _ = r.read_to_end(&mut rest);
+    r.get_mut().wait_tcp_eof();
     say(format!("shares {shares}"));
     Ok(())
 }
 
-fn stratum_pool(listen: SocketAddr, timeout: Duration) -> Result<()> {
+fn stratum_pool(
+    listen: SocketAddr,
+    timeout: Duration,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let l = ctx("bind", TcpListener::bind(listen))?;
     say(format!("listening {}", ctx("local_addr", l.local_addr())?));
@@ -324,7 +381,8 @@ fn stratum_pool(listen: SocketAddr, timeout: Duration) -> Result<()> {
         match l.accept() {
             Ok((s, _)) => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                workers.push(thread::spawn(move || serve(s, left)));
+                let tls = tls.clone();
+                workers.push(thread::spawn(move || serve(s, left, tls)));
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 thread::sleep(Duration::from_millis(5));
@@ -341,13 +399,20 @@ fn stratum_pool(listen: SocketAddr, timeout: Duration) -> Result<()> {
 }
 
 /// Answers one miner until it closes; returns the number of requests.
-fn serve(s: TcpStream, left: Duration) -> u64 {
+fn serve(s: TcpStream, left: Duration, tls: Option<Arc<rustls::ServerConfig>>) -> u64 {
     let _ = s.set_nonblocking(false);
     let _ = s.set_read_timeout(Some(left.max(Duration::from_millis(1))));
-    let Ok(mut w) = s.try_clone() else {
-        return 0;
+    let stream = match tls {
+        None => Stream::Plain(s),
+        Some(cfg) => match rustls::ServerConnection::new(cfg) {
+            Ok(conn) => Stream::Server(Box::new(rustls::StreamOwned::new(conn, s))),
+            Err(e) => {
+                eprintln!("tg-signal: TLS session: {e}");
+                return 0;
+            }
+        },
     };
-    let mut r = BufReader::new(s);
+    let mut r = BufReader::new(stream);
     let mut line = String::new();
     let mut n = 0;
     loop {
@@ -368,9 +433,12 @@ fn serve(s: TcpStream, left: Duration) -> u64 {
         if line.contains("mining.authorize") {
             answer.push_str("{\"id\":null,\"method\":\"mining.notify\",\"params\":[\"job1\",\"00\",\"01\",\"02\",[],\"20000000\",\"1d00ffff\",\"5f5e1000\",true]}\n");
         }
-        if w.write_all(answer.as_bytes()).is_err() {
+        if r.get_mut().write_all(answer.as_bytes()).is_err() || r.get_mut().flush().is_err() {
             break;
         }
     }
+    // Our close after theirs (TLS close_notify, then FIN): the miner sees
+    // a clean end of stream.
+    let _ = r.get_mut().shutdown_write();
     n
 }

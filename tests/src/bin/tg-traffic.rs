@@ -46,6 +46,10 @@ enum Cmd {
         /// at the port of --to (nobody needs to listen: many new peers).
         #[arg(long, default_value_t = 1)]
         ports: u16,
+        /// Pseudo-random payload, new per datagram, whose first byte looks
+        /// like a QUIC long header (0b11xx_xxxx): encrypted-looking traffic.
+        #[arg(long)]
+        random: bool,
     },
     /// Receive until COUNT datagrams or the timeout; print the count.
     UdpSink {
@@ -131,6 +135,7 @@ fn run(cmd: Cmd) -> Result<()> {
             interval_ms,
             timeout_s,
             ports,
+            random,
         } => udp_send(
             to,
             count,
@@ -138,6 +143,7 @@ fn run(cmd: Cmd) -> Result<()> {
             Duration::from_millis(interval_ms),
             secs(timeout_s),
             ports,
+            random,
         ),
         Cmd::UdpSink {
             listen,
@@ -215,10 +221,12 @@ fn udp_send(
     interval: Duration,
     timeout: Duration,
     ports: u16,
+    random: bool,
 ) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let sock = ctx("bind", UdpSocket::bind(any_for(to)))?;
-    let buf = payload(size);
+    let mut buf = payload(size);
+    let mut x = 0x853c_49e6_748f_ea9bu64;
     let targets: Vec<SocketAddr> = (0..ports.max(1))
         .map(|i| SocketAddr::new(to.ip(), to.port().wrapping_add(i)))
         .collect();
@@ -227,6 +235,9 @@ fn udp_send(
             return Err(format!("timed out after {i} datagrams"));
         }
         let to = targets[(i % targets.len() as u64) as usize];
+        if random {
+            fill_random(&mut buf, &mut x);
+        }
         let n = ctx(
             &format!("send_to {to} (datagram {i})"),
             sock.send_to(&buf, to),
@@ -240,6 +251,20 @@ fn udp_send(
     }
     say(format!("sent {}", count * targets.len() as u64));
     Ok(())
+}
+
+/// xorshift64 bytes (sizes are exact either way; the content only has to
+/// look encrypted), first byte 0b11xx_xxxx like a QUIC long header.
+fn fill_random(buf: &mut [u8], x: &mut u64) {
+    for b in buf.iter_mut() {
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *b = (*x >> 32) as u8;
+    }
+    if let Some(first) = buf.first_mut() {
+        *first |= 0xc0;
+    }
 }
 
 fn udp_sink(listen: SocketAddr, count: u64, timeout: Duration) -> Result<()> {
