@@ -61,6 +61,13 @@ pub struct Features {
     pub cpu_limit_cores: Option<f64>,
     /// Stratum JSON-RPC markers seen at the start of outbound TCP streams.
     pub stratum_markers: u64,
+    /// Bytes the pod's network interface sent (tc on its host-side veth)
+    /// beyond what its cgroup hooks counted to non-loopback peers: frames
+    /// that bypass the socket layer (AF_PACKET, raw frames) or come from
+    /// processes of the pod's namespace outside its cgroup. Already
+    /// included in `egress_external_bytes` (their peer is unknown, so they
+    /// are treated as leaving the cluster).
+    pub unattributed_egress_bytes: u64,
 }
 
 /// One pod over one window.

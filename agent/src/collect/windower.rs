@@ -110,6 +110,22 @@ struct PodAcc {
     /// A gone cgroup whose last window was emitted: its rows (kept for the
     /// inventory's grace period) only advance `prev`.
     finished: bool,
+    /// Egress of the window the cgroup hooks did not see (bytes, packets),
+    /// from [`Windower::attribute_bypass`].
+    bypass: (u64, u64),
+}
+
+/// One pod interface over the window (tc counts on its host-side end).
+#[derive(Debug, Default)]
+struct IfAcc {
+    /// Cumulative pod egress at the last snapshot (bytes, packets).
+    prev: (u64, u64),
+    /// Window sums.
+    sum: (u64, u64),
+    /// The cgroup owning the pod's network namespace, and its path.
+    cgroup_id: u64,
+    cgroup: Option<String>,
+    seen: bool,
 }
 
 pub struct Windower {
@@ -118,6 +134,7 @@ pub struct Windower {
     cidrs: Vec<(IpNet, bool)>,
     start: Option<SystemTime>,
     pods: HashMap<u64, PodAcc>,
+    ifaces: HashMap<u32, IfAcc>,
     /// Counters that went backwards (counted as restarted from zero).
     pub resets: u64,
     /// Peers left out of samples beyond [`MAX_PEERS`].
@@ -168,6 +185,7 @@ impl Windower {
             cidrs,
             start: None,
             pods: HashMap::new(),
+            ifaces: HashMap::new(),
             resets: 0,
             peers_dropped: 0,
         }
@@ -190,6 +208,23 @@ impl Windower {
             .filter(|r| r.cgroup_id != CGROUP_OVERFLOW)
         {
             self.add_row(row, at, first);
+        }
+        for i in &snap.interfaces {
+            let now = (i.pod_egress.bytes, i.pod_egress.packets);
+            let acc = match self.ifaces.entry(i.ifindex) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                // First sight: its counters so far are history.
+                std::collections::hash_map::Entry::Vacant(e) => e.insert(IfAcc {
+                    prev: now,
+                    ..IfAcc::default()
+                }),
+            };
+            acc.sum.0 += delta(acc.prev.0, now.0, &mut self.resets);
+            acc.sum.1 += delta(acc.prev.1, now.1, &mut self.resets);
+            acc.prev = now;
+            acc.cgroup_id = i.cgroup_id;
+            acc.cgroup = i.cgroup.clone();
+            acc.seen = true;
         }
         for s in &snap.dns_samples {
             if let Some(p) = self.pods.get_mut(&s.cgroup_id) {
@@ -221,6 +256,7 @@ impl Windower {
             seen: false,
             gone: false,
             finished: false,
+            bypass: (0, 0),
         });
         acc.subject = subject_of(row);
         acc.seen = true;
@@ -262,8 +298,66 @@ impl Windower {
         }
     }
 
+    /// Compares each pod interface's egress over the window with what the
+    /// cgroup hooks counted for the cgroups of its namespace (the owning
+    /// cgroup and those below it, loopback peers left out) and books the
+    /// excess on the owning cgroup, or on the first cgroup below it.
+    fn attribute_bypass(&mut self) {
+        for acc in self.ifaces.values_mut() {
+            let (if_bytes, if_packets) = std::mem::take(&mut acc.sum);
+            let root = acc.cgroup.as_deref().map(|p| p.trim_end_matches('/'));
+            let mut members: Vec<u64> = self
+                .pods
+                .iter()
+                .filter(|(id, p)| {
+                    **id == acc.cgroup_id
+                        || match (root, p.subject.cgroup_path.as_deref()) {
+                            (Some(r), Some(path)) => {
+                                path == r
+                                    || path.strip_prefix(r).is_some_and(|t| t.starts_with('/'))
+                            }
+                            _ => false,
+                        }
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            if members.is_empty() {
+                continue;
+            }
+            members.sort_unstable();
+            let (mut cg_bytes, mut cg_packets) = (0u64, 0u64);
+            for id in &members {
+                let p = &self.pods[id];
+                let (lo_bytes, lo_packets) = p
+                    .flows_sum
+                    .iter()
+                    .filter(|((addr, _, _), _)| addr.is_loopback())
+                    .fold((0, 0), |(b, n), (_, f)| (b + f.tx, n + f.txp));
+                cg_bytes += (p.sums[0] + p.sums[2]).saturating_sub(lo_bytes);
+                cg_packets += (p.sums[1] + p.sums[3]).saturating_sub(lo_packets);
+            }
+            let extra = (
+                if_bytes.saturating_sub(cg_bytes),
+                if_packets.saturating_sub(cg_packets),
+            );
+            if extra.0 == 0 {
+                continue;
+            }
+            let owner = if members.contains(&acc.cgroup_id) {
+                acc.cgroup_id
+            } else {
+                members[0]
+            };
+            let p = self.pods.get_mut(&owner).expect("member of pods");
+            p.bypass.0 += extra.0;
+            p.bypass.1 += extra.1;
+        }
+        self.ifaces.retain(|_, i| std::mem::take(&mut i.seen));
+    }
+
     /// Emits every pod's sample for [start, end) and resets the sums.
     fn close(&mut self, start: SystemTime, end: SystemTime) -> Vec<WindowSample> {
+        self.attribute_bypass();
         let mut out = Vec::new();
         let ids: Vec<u64> = self
             .pods
@@ -323,8 +417,8 @@ impl Windower {
                 start,
                 end,
                 features: Features {
-                    egress_external_bytes: s[0],
-                    egress_external_packets: s[1],
+                    egress_external_bytes: s[0] + acc.bypass.0,
+                    egress_external_packets: s[1] + acc.bypass.1,
                     egress_internal_bytes: s[2],
                     egress_internal_packets: s[3],
                     ingress_bytes: s[4],
@@ -340,6 +434,7 @@ impl Windower {
                     cpu_seconds,
                     cpu_limit_cores: limit,
                     stratum_markers: s[9],
+                    unattributed_egress_bytes: acc.bypass.0,
                 },
                 peers,
             });
@@ -350,6 +445,7 @@ impl Windower {
             acc.flows_prev.retain(|k, _| live.contains(k));
             acc.flows_sum.clear();
             acc.sums = [0; 10];
+            acc.bypass = (0, 0);
             acc.dns_names = 0;
             acc.dns_len_sum = 0.0;
             acc.dns_entropy_sum = 0.0;

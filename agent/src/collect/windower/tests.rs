@@ -201,3 +201,57 @@ fn cpu_from_cpu_stat_and_cpu_max() {
     assert_eq!(out[0].features.cpu_seconds, 0.0);
     assert_eq!(out[0].features.cpu_limit_cores, None);
 }
+
+fn iface(ifindex: u32, cgroup_id: u64, cgroup: &str, bytes: u64) -> crate::podtc::IfaceRow {
+    crate::podtc::IfaceRow {
+        ifindex,
+        cgroup_id,
+        cgroup: Some(cgroup.into()),
+        pod_egress: Counts {
+            bytes,
+            packets: bytes / 1000,
+        },
+        ..crate::podtc::IfaceRow::default()
+    }
+}
+
+/// Frames the cgroup hooks never saw (an AF_PACKET sender) but the pod's
+/// veth did are booked as external egress of the pod, and named; traffic
+/// the cgroup counted to loopback (which never crosses the veth) does not
+/// hide them.
+#[test]
+fn interface_egress_beyond_the_cgroup_counts_is_external_and_named() {
+    let mut w = windower();
+    let ext = "203.0.113.5";
+    let lo = "127.0.0.1";
+    let pod = |t: u64, cg_ext: u64, lo_tx: u64, if_bytes: u64| {
+        let mut r = row(42, Some("/pods/a"), cg_ext, &[(ext, cg_ext), (lo, lo_tx)]);
+        // Loopback is counted by the cgroup hooks as internal egress.
+        r.egress.internal = Counts {
+            bytes: lo_tx,
+            packets: lo_tx / 100,
+        };
+        let mut s = snap(t, vec![r, row(43, Some("/pods/b"), 0, &[])]);
+        s.interfaces = vec![
+            iface(7, 42, "/pods/a", if_bytes),
+            iface(8, 43, "/pods/b", 0),
+        ];
+        s
+    };
+    // History before the first snapshot is not booked.
+    w.push(&pod(0, 1000, 0, 900_000));
+    w.push(&pod(5, 3000, 40_000, 952_000));
+    let out = w.push(&pod(10, 6000, 80_000, 1_005_000));
+    let a = &out[0];
+    // veth: 105,000 B; cgroup to non-loopback peers: 5,000 B; loopback
+    // 80,000 B does not offset the difference.
+    assert_eq!(a.features.unattributed_egress_bytes, 100_000);
+    assert_eq!(a.features.egress_external_bytes, 5000 + 100_000);
+    assert_eq!(a.features.egress_external_packets, 50 + (105 - 50));
+    assert_eq!(out[1].features.unattributed_egress_bytes, 0);
+    // Next window: the veth saw exactly what the cgroup counted.
+    w.push(&pod(15, 8000, 80_000, 1_007_000));
+    let out = w.push(&pod(20, 9000, 80_000, 1_008_000));
+    assert_eq!(out[0].features.unattributed_egress_bytes, 0);
+    assert_eq!(out[0].features.egress_external_bytes, 3000);
+}
