@@ -61,6 +61,8 @@ pub struct Config {
     pub tc: crate::podtc::TcConfig,
     pub control: crate::control::ControlConfig,
     pub auto_quarantine: crate::respond::auto::AutoQuarantineConfig,
+    /// `[kernel]`: program types switched off (see `crate::kernel`).
+    pub kernel: crate::kernel::KernelConfig,
 }
 
 /// `[storage]`: per-pod bytes written to and read from shared file
@@ -437,6 +439,9 @@ impl Config {
             return Err(ConfigError::Invalid { key, value, why });
         }
         self.auto_quarantine.validate(&self.classes)?;
+        if let Err((key, value, why)) = self.kernel.validate() {
+            return Err(ConfigError::Invalid { key, value, why });
+        }
         Ok(())
     }
 

@@ -19,6 +19,7 @@ pub mod enforce;
 pub mod enforce_metrics;
 pub mod health;
 pub mod inventory;
+pub mod kernel;
 pub mod metrics;
 pub mod netdev;
 pub mod podnet;

@@ -72,6 +72,9 @@ enum Cmd {
         /// Kernel BTF file to probe (as `storage.btf`).
         #[arg(long, default_value = tollgate::ebpf::btf::VMLINUX_BTF)]
         btf: PathBuf,
+        /// Also report what this config file switches off (`kernel.disable`).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Live view of cgroups sorted by egress rate.
     Top {
@@ -426,8 +429,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Check { json, btf } => {
-            if check::print(&check::probe_all_with(&btf), json) {
+        Cmd::Check { json, btf, config } => {
+            let mut probes = check::probe_all_with(&btf);
+            if let Some(path) = config {
+                match tollgate::config::Config::load(&path) {
+                    Ok(cfg) => probes.extend(tollgate::kernel::check_rows(&cfg.kernel)),
+                    Err(e) => {
+                        eprintln!("tollgate: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            }
+            if check::print(&probes, json) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_UNAVAILABLE)

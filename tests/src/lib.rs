@@ -20,6 +20,7 @@ pub mod control;
 pub mod deploy;
 pub mod http;
 pub mod kube_api;
+pub mod mountns;
 pub mod netns;
 pub mod nft;
 pub mod pod;
