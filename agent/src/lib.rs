@@ -9,6 +9,7 @@ pub mod cgroupfs;
 pub mod check;
 pub mod collect;
 pub mod config;
+pub mod config_text;
 pub mod control;
 pub mod demo;
 pub mod detect;
