@@ -21,6 +21,7 @@ pub mod enforce_metrics;
 pub mod health;
 pub mod inventory;
 pub mod kernel;
+pub mod logfmt;
 pub mod metrics;
 pub mod netdev;
 pub mod podnet;

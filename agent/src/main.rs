@@ -324,18 +324,18 @@ fn socket(c: &Common, cfg: &Config) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colour codes only on a terminal: log files and journald get plain
+    // key=value text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: log files and journald get plain
-        // key=value text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
+        // One record per line: hostile names and reasons are escaped.
+        .with_writer(move || tollgate::logfmt::EscapingWriter::new(std::io::stderr(), ansi))
+        .with_ansi(ansi)
         .init();
     match cli.cmd {
         Cmd::Run {
