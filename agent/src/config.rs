@@ -32,7 +32,7 @@ pub enum ConfigError {
     },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
-    #[error("invalid config: {key} = {value}: {why}")]
+    #[error("invalid config: {key} = {}: {why}", crate::config_text::shown(value))]
     Invalid {
         key: &'static str,
         value: String,
@@ -61,6 +61,8 @@ pub struct Config {
     pub tc: crate::podtc::TcConfig,
     pub control: crate::control::ControlConfig,
     pub auto_quarantine: crate::respond::auto::AutoQuarantineConfig,
+    /// `[kernel]`: program types switched off (see `crate::kernel`).
+    pub kernel: crate::kernel::KernelConfig,
 }
 
 /// `[storage]`: per-pod bytes written to and read from shared file
@@ -294,11 +296,27 @@ impl MapConfig {
 impl Config {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let bytes = std::fs::read(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        let cfg = Self::parse(&text).map_err(|message| ConfigError::Parse {
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// Parses and validates the bytes of the config file `path` (named in
+    /// errors): what `load` does after reading, and the fuzz target.
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, ConfigError> {
+        let text = std::str::from_utf8(bytes).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "not UTF-8 text (invalid byte at offset {})",
+                    e.valid_up_to()
+                ),
+            ),
+        })?;
+        let cfg = Self::parse(text).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
             message,
         })?;
@@ -306,9 +324,10 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Parses TOML text (no validation).
+    /// Parses TOML text (no validation); the error names line, column and
+    /// key, with the input escaped and cut.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string())
+        toml::from_str(text).map_err(|e| crate::config_text::describe_toml_error(text, &e))
     }
 
     /// Checks every value; the error names the key and the fix.
@@ -437,6 +456,9 @@ impl Config {
             return Err(ConfigError::Invalid { key, value, why });
         }
         self.auto_quarantine.validate(&self.classes)?;
+        if let Err((key, value, why)) = self.kernel.validate() {
+            return Err(ConfigError::Invalid { key, value, why });
+        }
         Ok(())
     }
 

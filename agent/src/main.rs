@@ -72,6 +72,9 @@ enum Cmd {
         /// Kernel BTF file to probe (as `storage.btf`).
         #[arg(long, default_value = tollgate::ebpf::btf::VMLINUX_BTF)]
         btf: PathBuf,
+        /// Also report what this config file switches off (`kernel.disable`).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Live view of cgroups sorted by egress rate.
     Top {
@@ -321,18 +324,18 @@ fn socket(c: &Common, cfg: &Config) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colour codes only on a terminal: log files and journald get plain
+    // key=value text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        // Colour codes only on a terminal: log files and journald get plain
-        // key=value text.
-        .with_ansi(
-            std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("NO_COLOR").is_none(),
-        )
+        // One record per line: hostile names and reasons are escaped.
+        .with_writer(move || tollgate::logfmt::EscapingWriter::new(std::io::stderr(), ansi))
+        .with_ansi(ansi)
         .init();
     match cli.cmd {
         Cmd::Run {
@@ -426,8 +429,18 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Cmd::Check { json, btf } => {
-            if check::print(&check::probe_all_with(&btf), json) {
+        Cmd::Check { json, btf, config } => {
+            let mut probes = check::probe_all_with(&btf);
+            if let Some(path) = config {
+                match tollgate::config::Config::load(&path) {
+                    Ok(cfg) => probes.extend(tollgate::kernel::check_rows(&cfg.kernel)),
+                    Err(e) => {
+                        eprintln!("tollgate: {e}");
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+            }
+            if check::print(&probes, json) {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::from(EXIT_UNAVAILABLE)

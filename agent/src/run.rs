@@ -62,18 +62,25 @@ pub struct RunOptions {
     pub socket: PathBuf,
 }
 
-pub async fn run(cfg: Config, opts: RunOptions) -> Result<(), RunError> {
+pub async fn run(mut cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     crate::caps::check()?;
     let mount = cgroupfs::cgroup2_mount()?;
     let pins = PinDir::new(&cfg.agent.pin_dir);
-    let mut dp = Dataplane::load(&LoadOptions {
-        pins: pins.clone(),
-        maps: cfg.maps.clone(),
-        cidrs: cfg.cidr_table(),
-        storage: cfg.storage.enabled,
-        storage_stats_entries: cfg.storage.stats_entries,
-        storage_btf: cfg.storage.btf.clone(),
-    })?;
+    cfg.kernel.log();
+    if cfg.kernel.disabled(crate::kernel::ProgramType::SchedCls) {
+        cfg.tc.enabled = false;
+    }
+    let mut dp = Dataplane::load_with(
+        &LoadOptions {
+            pins: pins.clone(),
+            maps: cfg.maps.clone(),
+            cidrs: cfg.cidr_table(),
+            storage: cfg.storage.enabled,
+            storage_stats_entries: cfg.storage.stats_entries,
+            storage_btf: cfg.storage.btf.clone(),
+        },
+        &cfg.kernel,
+    )?;
     let target = mount.join(&cfg.agent.attach_cgroup);
     dp.attach(&target)?;
     let mut inventory = Inventory::new(

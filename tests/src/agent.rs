@@ -166,6 +166,17 @@ impl Agent {
         env: &[(&str, &str)],
         wrapper: &[String],
     ) -> Result<Agent> {
+        let mut agent = Self::spawn_wrapped(pin_dir, config_toml, env, wrapper)?;
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+
+    fn spawn_wrapped(
+        pin_dir: &Path,
+        config_toml: &str,
+        env: &[(&str, &str)],
+        wrapper: &[String],
+    ) -> Result<Agent> {
         let bin = bin_checked()?;
         let base = std::env::temp_dir().join(format!("tollgate-test-{}", crate::unique_suffix()));
         let config = base.with_extension("toml");
@@ -201,12 +212,26 @@ impl Agent {
             .stderr(err)
             .spawn()
             .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
-        let mut agent = Agent {
+        Ok(Agent {
             child,
             pin_dir: pin_dir.to_path_buf(),
             config,
             log,
-        };
+        })
+    }
+
+    /// [`Agent::start_with_env`] without waiting for the agent to be ready
+    /// (see [`Agent::wait_ready`]): the crash-loop test kills it at random
+    /// moments, start-up included.
+    pub fn spawn(pin_dir: &Path, config_toml: &str, env: &[(&str, &str)]) -> Result<Agent> {
+        Self::spawn_wrapped(pin_dir, config_toml, env, &[])
+    }
+
+    /// Waits (30 s at most) for the ready link pin; an error if the agent
+    /// exits first or never pins it (with its log).
+    pub fn wait_ready(&mut self) -> Result<()> {
+        let agent = self;
+        let pin_dir = agent.pin_dir.clone();
         let ready = pin_dir.join("v1/links").join(READY_LINK);
         let mut exited = None;
         let waited = cmd::wait_until("agent ready", START_TIMEOUT, || {
@@ -217,7 +242,7 @@ impl Agent {
             ready.exists()
         });
         match (waited, exited) {
-            (Ok(()), None) => Ok(agent),
+            (Ok(()), None) => Ok(()),
             (_, Some(status)) => Err(Error::Invalid(format!(
                 "tollgate run exited ({status}) before pinning {}; log:\n{}",
                 ready.display(),

@@ -21,6 +21,7 @@ pub mod deploy;
 pub mod http;
 pub mod iodine;
 pub mod kube_api;
+pub mod mountns;
 pub mod netns;
 pub mod nft;
 pub mod pod;

@@ -241,3 +241,21 @@ fn hadolint() -> Result<()> {
         ]),
     )
 }
+
+/// cargo-fuzz for `cargo xtask fuzz` (the config parser's fuzz target),
+/// installed only when `cargo fuzz` is missing.
+pub fn cargo_fuzz() -> Result<()> {
+    let mut probe = cmd::cargo();
+    probe.args(["fuzz", "--version"]);
+    if let Some(out) = cmd::probe(&mut probe)?
+        && out.status.success()
+    {
+        eprintln!(
+            "setup: cargo-fuzz: present ({})",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        return Ok(());
+    }
+    eprintln!("setup: cargo-fuzz: missing, installing it (takes a few minutes)");
+    cmd::check(cmd::cargo().args(["install", "cargo-fuzz", "--locked"]))
+}

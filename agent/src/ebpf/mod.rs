@@ -20,6 +20,7 @@
 pub mod btf;
 pub mod policy;
 pub mod signals;
+pub mod stale;
 pub mod sys;
 pub mod tc;
 
@@ -368,13 +369,23 @@ pub struct Dataplane {
     ebpf: Ebpf,
     pub pins: PinDir,
     pub storage: StorageStatus,
+    /// Program types switched off by `kernel.disable`.
+    kernel: crate::kernel::KernelConfig,
 }
 
 impl Dataplane {
     /// Loads the object, creating or reusing the pinned maps, seeds the
     /// overflow slot and the CIDR trie. Nothing is attached yet.
     pub fn load(opts: &LoadOptions) -> Result<Self> {
+        Self::load_with(opts, &crate::kernel::KernelConfig::default())
+    }
+
+    /// [`Dataplane::load`] without the program types `kernel` disables:
+    /// they are neither loaded nor (in [`Dataplane::attach`]) attached.
+    pub fn load_with(opts: &LoadOptions, kernel: &crate::kernel::KernelConfig) -> Result<Self> {
+        use crate::kernel::ProgramType;
         ensure_bpffs(&opts.pins.root)?;
+        crate::ebpf::stale::remove_stale_versions(&opts.pins.root);
         mkdir(&opts.pins.maps())?;
         mkdir(&opts.pins.links())?;
         check_pins(&opts.pins)?;
@@ -392,7 +403,11 @@ impl Dataplane {
             .map_max_entries(map::STRATUM_EVENTS, opts.maps.stratum_events_bytes);
         let signal_config = opts.maps.signal_config();
         loader.override_global(tollgate_ebpf::SIGNAL_CONFIG_SYMBOL, &signal_config, true);
-        let mut storage = if opts.storage {
+        let mut storage = if kernel.disabled(ProgramType::RawTracepoint) {
+            Err(StorageStatus::Unavailable(
+                "program type raw_tracepoint disabled by kernel.disable".into(),
+            ))
+        } else if opts.storage {
             match storage_offsets(&opts.storage_btf) {
                 Ok(o) => Ok(o),
                 Err(why) => Err(StorageStatus::Unavailable(why)),
@@ -410,14 +425,19 @@ impl Dataplane {
             ebpf,
             pins: opts.pins.clone(),
             storage: StorageStatus::Disabled,
+            kernel: kernel.clone(),
         };
         dp.seed_overflow()?;
         dp.set_cidrs(&opts.cidrs)?;
         for (name, hook) in PROGRAMS {
-            dp.load_program(name, hook)?;
+            if dp.hook_enabled(hook) {
+                dp.load_program(name, hook)?;
+            }
         }
         dp.load_signal_programs()?;
-        dp.load_tc()?;
+        if !kernel.disabled(ProgramType::SchedCls) {
+            dp.load_tc()?;
+        }
         if storage.is_ok()
             && let Err(e) = dp.load_storage()
         {
@@ -753,8 +773,20 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Whether programs of `hook`'s type run (`kernel.disable`).
+    fn hook_enabled(&self, hook: Hook) -> bool {
+        match hook {
+            Hook::Skb(_) => true,
+            Hook::SockAddr => !self
+                .kernel
+                .disabled(crate::kernel::ProgramType::CgroupSockAddr),
+        }
+    }
+
     /// Attaches every program to `cgroup` (normally the cgroup v2 root).
     /// Where a link is already pinned, the new program is swapped into it.
+    /// A disabled program type's links from an earlier run are removed,
+    /// which detaches them.
     pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
         let cg = File::open(cgroup).map_err(|source| DataplaneError::Io {
             what: "opening cgroup",
@@ -763,6 +795,19 @@ impl Dataplane {
         })?;
         for (name, hook) in PROGRAMS {
             let link_pin = self.pins.links().join(name);
+            if !self.hook_enabled(hook) {
+                if link_pin.exists() {
+                    match std::fs::remove_file(&link_pin) {
+                        Ok(()) => {
+                            tracing::info!(program = name, link = %link_pin.display(), "detached: program type disabled by kernel.disable")
+                        }
+                        Err(e) => {
+                            tracing::warn!(program = name, link = %link_pin.display(), error = %e, "could not remove the link of a disabled program type; it keeps running")
+                        }
+                    }
+                }
+                continue;
+            }
             let program = self
                 .ebpf
                 .program_mut(name)
