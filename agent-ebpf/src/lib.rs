@@ -54,6 +54,8 @@ pub const ABI_VERSION: u32 = 1;
 /// | `TG_POL_ALLOW` | LPM_TRIE | [`PolicyAddr`] (policy id, then address) -> [`AllowPorts`] | agent at start / config change | same readers | 4096 | agent refuses the config |
 /// | `TG_DENIED` | LRU_HASH | [`PeerKey`] (cgroup, destination) -> [`DeniedStats`] | cgroup_skb egress, connect/sendmsg (policy denials) | collector | 16384 | least recently denied destination forgotten (its per-cgroup sum drops with it) |
 /// | `TG_ST_INFLIGHT` | ARRAY[1] | 0 -> entries sys_enter put in `TG_ST_PENDING` and sys_exit has not taken yet (u64) | sys_enter (+1), sys_exit (-1) | sys_exit, first: 0 skips the syscall-number read and the stash lookup | 1 | fixed. A stash left by a thread that never reached sys_exit keeps it above 0, which only costs speed |
+/// | `TG_FLOW_CACHE` | PERCPU_ARRAY[[`FLOW_CACHE_SLOTS`]] | slot -> [`FlowCacheSlot`] | cgroup_skb (each CPU its own slots) | collector, merged into `TG_CG_STATS`/`TG_FLOWS` (see [`FlowCacheSlot`]) | 64 per CPU | fixed; a slot taken by a busy flow sends other flows hashing to it down the map path |
+/// | `TG_FC_GEN` | ARRAY[1] | 0 -> scope generation (u32) | agent, after a CIDR change | cgroup_skb: a slot cached under another generation is flushed and looked up again | 1 | fixed |
 /// | `TG_ST_PENDING` | HASH | pid_tgid (u64) -> [`PendingIo`] | sys_enter (watched fds only) | sys_exit (lookup + delete) | 16384 (threads inside a watched read/write at once) | call not counted, [`Counter::StoragePendingFull`] += 1. A plain hash, not an LRU: the LRU's per-CPU free lists evict live entries under churn (measured: 0.5% of 100k tight-loop writes lost) |
 pub mod map {
     pub const CGROUP_STATS: &str = "TG_CG_STATS";
@@ -79,9 +81,11 @@ pub mod map {
     pub const POLICY_ALLOW: &str = "TG_POL_ALLOW";
     pub const DENIED: &str = "TG_DENIED";
     pub const STORAGE_INFLIGHT: &str = "TG_ST_INFLIGHT";
+    pub const FLOW_CACHE: &str = "TG_FLOW_CACHE";
+    pub const FLOW_CACHE_GEN: &str = "TG_FC_GEN";
 
     /// Every map the agent pins, for pin management and `tollgate check`.
-    pub const ALL: [&str; 23] = [
+    pub const ALL: [&str; 25] = [
         CGROUP_STATS,
         FLOWS,
         CIDRS,
@@ -105,6 +109,8 @@ pub mod map {
         POLICY_ALLOW,
         DENIED,
         STORAGE_INFLIGHT,
+        FLOW_CACHE,
+        FLOW_CACHE_GEN,
     ];
 
     pub const DEFAULT_CGROUP_STATS_ENTRIES: u32 = 4096;
@@ -284,6 +290,76 @@ pub struct FlowStats {
 }
 const _: () = assert!(core::mem::size_of::<FlowStats>() == 56);
 
+/// Slots per CPU in `TG_FLOW_CACHE` (a power of two).
+pub const FLOW_CACHE_SLOTS: u32 = 64;
+const _: () = assert!(FLOW_CACHE_SLOTS.is_power_of_two());
+
+/// One slot of the per-CPU flow cache (`TG_FLOW_CACHE`): the counts of
+/// one flow's recent packets on one CPU, not yet added to `TG_FLOWS` and
+/// `TG_CG_STATS`. A packet whose flow owns its slot on the running CPU
+/// costs a few plain adds instead of two hash updates; the first packet
+/// of a flow (and any packet whose slot is taken by another recently
+/// active flow) takes the map path, and the flow then takes the slot if
+/// it is free or idle, adding the previous owner's counts to the maps.
+///
+/// True totals are the maps plus every CPU's slots. The collector reads
+/// the slots, then the maps, then the slots again, and keeps a slot's
+/// counts only if the slot was not reassigned in between
+/// (`seq_lo == seq_hi` and unchanged in both reads); otherwise it reads
+/// again. The writer bumps `seq_hi` (copied last by the kernel's
+/// ascending copy) before it touches a slot's owner and sets `seq_lo`
+/// (copied first) after, so a copy taken mid-change never matches.
+/// Counting in place needs no seq change: each counter is one aligned
+/// 8-byte store. `busy` keeps a program nested on the same CPU (softirq
+/// over process context) off a slot that is being written: it takes the
+/// map path instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowCacheSlot {
+    pub seq_lo: u64,
+    /// The flow; `cgroup_id` 0 for a slot never used.
+    pub key: PeerKey,
+    /// Counts not yet in the maps: sent (cgroup egress) and received
+    /// (cgroup ingress), in the flow's scope.
+    pub tx: ByteCount,
+    pub rx: ByteCount,
+    /// Jiffies of the last packet counted here (bpf_jiffies64: reading
+    /// the coarse clock on every packet costs more than the rest of the
+    /// cache hit). Its CLOCK_MONOTONIC_COARSE time is `base_ns +
+    /// (last_jiffies - base_jiffies) * ns per jiffy` ([`JIFFY_NS_SYMBOL`]).
+    pub last_jiffies: u64,
+    /// Both clocks read together when the slot was filled.
+    pub base_ns: u64,
+    pub base_jiffies: u64,
+    /// [`SCOPE_INTERNAL`] or [`SCOPE_EXTERNAL`].
+    pub scope: u32,
+    /// As [`FlowStats::tx_since_syn`], for packets counted here.
+    pub tx_since_syn: u32,
+    /// `TG_FC_GEN` when the slot was filled.
+    pub gen_: u32,
+    pub busy: u32,
+    pub seq_hi: u64,
+}
+const _: () = assert!(core::mem::size_of::<FlowCacheSlot>() == 120);
+
+/// Global (u64) the agent sets at load: nanoseconds per jiffy, the
+/// resolution of CLOCK_MONOTONIC_COARSE (clock_getres). Converts
+/// [`FlowCacheSlot::last_jiffies`] back to the flow's `last_seen_ns`.
+pub const JIFFY_NS_SYMBOL: &str = "TG_JIFFY_NS";
+/// Its value in the object (HZ = 250) until the agent sets it.
+pub const DEFAULT_JIFFY_NS: u64 = 4_000_000;
+
+impl FlowCacheSlot {
+    /// CLOCK_MONOTONIC_COARSE ns of the last packet counted in the slot.
+    pub const fn last_seen_ns(&self, jiffy_ns: u64) -> u64 {
+        self.base_ns.wrapping_add(
+            self.last_jiffies
+                .wrapping_sub(self.base_jiffies)
+                .wrapping_mul(jiffy_ns),
+        )
+    }
+}
+
 /// Data part of an LPM trie key (the kernel prepends the prefix length).
 /// IPv4 CIDRs are stored IPv4-mapped with prefix length + 96.
 #[repr(C)]
@@ -373,10 +449,13 @@ pub enum Counter {
     SignalJumpFailed = 15,
     /// Frames on pod interfaces not counted because `TG_IF_STATS` was full.
     IfStatsFull = 16,
+    /// Flow-cache slots (re)assigned to a flow; the previous flow's
+    /// cached counts were added to the maps.
+    FlowCacheFills = 17,
 }
 
 impl Counter {
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Counter::RingbufDrops,
         Counter::FlowsCreated,
         Counter::FlowCreateFailed,
@@ -394,6 +473,7 @@ impl Counter {
         Counter::StratumEventDrops,
         Counter::SignalJumpFailed,
         Counter::IfStatsFull,
+        Counter::FlowCacheFills,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -415,6 +495,7 @@ impl Counter {
             Counter::StratumEventDrops => "stratum_event_drops",
             Counter::SignalJumpFailed => "signal_jump_failed",
             Counter::IfStatsFull => "if_stats_full",
+            Counter::FlowCacheFills => "flow_cache_fills",
         }
     }
 }

@@ -7,8 +7,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::{
     AllowPorts, ByteCount, CgroupStats, CidrInfo, ConnEvent, DeniedStats, DnsEvent, DnsRate,
-    FAMILY_V4, FlowStats, IfQuarantine, IfStats, IoCount, KernelOffsets, LpmAddr, PeerKey,
-    PendingIo, PolicyAddr, PortRange, QuarantineEntry, ScopeCounts, Scratch, SignalConfig,
+    FAMILY_V4, FlowCacheSlot, FlowStats, IfQuarantine, IfStats, IoCount, KernelOffsets, LpmAddr,
+    PeerKey, PendingIo, PolicyAddr, PortRange, QuarantineEntry, ScopeCounts, Scratch, SignalConfig,
     StorageKey, StratumEvent,
 };
 
@@ -27,6 +27,7 @@ pod!(
     CgroupStats,
     PeerKey,
     FlowStats,
+    FlowCacheSlot,
     LpmAddr,
     CidrInfo,
     ConnEvent,

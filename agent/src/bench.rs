@@ -139,13 +139,14 @@ pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, Datapl
     let (mut cgroups, mut flows) = (0, 0);
     for _ in 0..rounds.max(1) {
         let t = std::time::Instant::now();
-        cgroups = maps.cgroup_stats_batch().map_err(io)?.len();
-        flows = maps.flows_batch().map_err(io)?.len();
+        // What a tick reads: cgroups and flows with the flow cache merged.
+        let (c, f) = maps.counts(true).map_err(io)?;
+        (cgroups, flows) = (c.len(), f.len());
         let s = maps.storage_stats(true).map_err(io)?.len();
         batch.push(t.elapsed().as_secs_f64() * 1e3);
         let t = std::time::Instant::now();
-        let c = maps.cgroup_stats_per_key().map_err(io)?.len();
-        let f = maps.flows_per_key().map_err(io)?.len();
+        let (c, f) = maps.counts(false).map_err(io)?;
+        let (c, f) = (c.len(), f.len());
         let s2 = maps.storage_stats(false).map_err(io)?.len();
         per_key.push(t.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box((c, f, s, s2));

@@ -77,18 +77,8 @@ impl Counters<'_> {
     fn read(&self, watch: Watch) -> (u64, u64) {
         match watch {
             Watch::Cgroup => {
-                let s = self
-                    .maps
-                    .cgroup_stats
-                    .get(&self.cgroup_id, 0)
-                    .map(|v| {
-                        let mut t = tollgate_ebpf::CgroupStats::default();
-                        for c in v.iter() {
-                            t += *c;
-                        }
-                        t
-                    })
-                    .unwrap_or_default();
+                // Passed packets mostly sit in the flow cache: merged.
+                let s = self.maps.cgroup_totals(self.cgroup_id).unwrap_or_default();
                 (
                     s.connects_denied + s.quarantine_dropped.packets,
                     s.egress.internal.packets + s.egress.external.packets,

@@ -70,8 +70,9 @@ impl Loaded {
     pub fn my_stats(&self) -> CgroupStats {
         let id = my_cgroup_id();
         self.maps()
-            .cgroup_stats_batch()
+            .counts(true)
             .unwrap()
+            .0
             .into_iter()
             .find(|(k, _)| *k == id)
             .map(|(_, v)| v)
@@ -89,8 +90,9 @@ impl Loaded {
             _pad: [0; 4],
         };
         self.maps()
-            .flows_batch()
+            .counts(true)
             .unwrap()
+            .1
             .into_iter()
             .find(|(k, _)| *k == key)
             .map(|(_, v)| v)

@@ -107,3 +107,12 @@ pub static POL_ALLOW: LpmTrie<tollgate_ebpf::PolicyAddr, tollgate_ebpf::AllowPor
 #[map(name = "TG_DENIED")]
 pub static DENIED: LruHashMap<PeerKey, tollgate_ebpf::DeniedStats> =
     LruHashMap::pinned(tollgate_ebpf::map::DEFAULT_DENIED_ENTRIES, 0);
+
+/// Per-CPU flow cache in front of `TG_FLOWS` and `TG_CG_STATS`; pinned:
+/// its counts are part of the totals and must survive a restart.
+#[map(name = "TG_FLOW_CACHE")]
+pub static FLOW_CACHE: PerCpuArray<tollgate_ebpf::FlowCacheSlot> =
+    PerCpuArray::pinned(tollgate_ebpf::FLOW_CACHE_SLOTS, 0);
+
+#[map(name = "TG_FC_GEN")]
+pub static FC_GEN: aya_ebpf::maps::Array<u32> = aya_ebpf::maps::Array::pinned(1, 0);

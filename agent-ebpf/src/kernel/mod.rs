@@ -1,6 +1,7 @@
 //! Everything that runs in the kernel.
 
 mod dns;
+mod flowcache;
 mod maps;
 mod packet;
 mod policy;

@@ -9,9 +9,10 @@ use aya_ebpf::{
 use tollgate_ebpf::{PeerKey, QF_NETWORK};
 
 use super::{
+    flowcache,
     packet::{self, IPPROTO_TCP, TCP_ACK, TCP_SYN},
     policy, quarantine, signals,
-    stats::{Dir, count_dropped, count_flow, count_packet},
+    stats::{Dir, count_dropped, count_flow, count_packet, now_ns},
 };
 
 const PASS: i32 = 1;
@@ -63,7 +64,7 @@ fn verdict(ctx: &SkBuffContext, dir: Dir) -> i32 {
     }
     if !ok {
         // Unreadable headers: counted as external bytes and as malformed.
-        count_packet(cgroup_id, dir, false, true, bytes);
+        let _ = count_packet(cgroup_id, dir, false, true, bytes);
         return PASS;
     }
     account(ctx, dir, cgroup_id, bytes, &h);
@@ -88,8 +89,19 @@ fn account(ctx: &SkBuffContext, dir: Dir, cgroup_id: u64, bytes: u64, h: &packet
     let syn = dir == Dir::Egress
         && h.proto == IPPROTO_TCP
         && h.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
-    let flow = count_flow(&key, dir, bytes, syn);
-    count_packet(cgroup_id, dir, flow.internal, false, bytes);
+    let flow = match flowcache::hit(&key, dir, bytes, syn) {
+        Some(flow) => flow,
+        None => {
+            let now = now_ns();
+            let flow = count_flow(&key, dir, bytes, syn, now);
+            // Packets counted under the overflow entry stay off the
+            // cache: its slots are merged into the cgroup's own entry.
+            if count_packet(cgroup_id, dir, flow.internal, false, bytes) {
+                flowcache::fill(&key, &flow, now);
+            }
+            flow
+        }
+    };
     if dir == Dir::Egress {
         signals::on_egress(ctx, h, flow.tx_since_syn);
     }

@@ -59,23 +59,35 @@ pub fn is_internal(addr: &[u8; 16]) -> bool {
     matches!(CIDRS.get(&key), Some(info) if info.scope == SCOPE_INTERNAL)
 }
 
+/// What a new `TG_CG_STATS` entry starts from. A static (read-only data),
+/// not a stack value: zeroing 160 bytes of stack compiles to a byte loop
+/// that the verifier walks again on every path that reaches it.
+// SAFETY: CgroupStats is plain integers; all-zero is a valid value.
+static ZERO_STATS: CgroupStats = unsafe { core::mem::zeroed() };
+
 /// Returns the stats slot of `cgroup_id`, creating it; when the map is full
 /// the overflow slot (created by the agent before attaching) is returned and
 /// the overflow counted.
 #[inline(always)]
 pub fn cgroup_slot(cgroup_id: u64) -> Option<*mut CgroupStats> {
+    cgroup_slot_owned(cgroup_id).map(|(p, _)| p)
+}
+
+/// As [`cgroup_slot`], and whether the slot is the cgroup's own (false:
+/// the overflow slot).
+#[inline(always)]
+fn cgroup_slot_owned(cgroup_id: u64) -> Option<(*mut CgroupStats, bool)> {
     if let Some(p) = CG_STATS.get_ptr_mut(cgroup_id) {
-        return Some(p);
+        return Some((p, true));
     }
     // Insert zeroes and count through the pointer: one code path for the
     // first packet and the rest. EEXIST (another CPU won the race) is fine.
-    let zero = CgroupStats::default();
-    let _ = CG_STATS.insert(cgroup_id, zero, BPF_NOEXIST as u64);
+    let _ = CG_STATS.insert(cgroup_id, &ZERO_STATS, BPF_NOEXIST as u64);
     if let Some(p) = CG_STATS.get_ptr_mut(cgroup_id) {
-        return Some(p);
+        return Some((p, true));
     }
     bump(Counter::CgroupStatsFull);
-    CG_STATS.get_ptr_mut(CGROUP_OVERFLOW)
+    CG_STATS.get_ptr_mut(CGROUP_OVERFLOW).map(|p| (p, false))
 }
 
 /// Direction of a packet relative to the cgroup.
@@ -85,11 +97,12 @@ pub enum Dir {
     Ingress,
 }
 
-/// Counts one packet of `bytes` for the cgroup.
+/// Counts one packet of `bytes` for the cgroup. Returns whether it went
+/// to the cgroup's own entry (false: the overflow entry, or none).
 #[inline(always)]
-pub fn count_packet(cgroup_id: u64, dir: Dir, internal: bool, malformed: bool, bytes: u64) {
-    let Some(s) = cgroup_slot(cgroup_id) else {
-        return;
+pub fn count_packet(cgroup_id: u64, dir: Dir, internal: bool, malformed: bool, bytes: u64) -> bool {
+    let Some((s, own)) = cgroup_slot_owned(cgroup_id) else {
+        return false;
     };
     // SAFETY: `s` points to a live map value; only field addresses are taken.
     unsafe {
@@ -107,6 +120,7 @@ pub fn count_packet(cgroup_id: u64, dir: Dir, internal: bool, malformed: bool, b
             add(&raw mut (*s).malformed, 1);
         }
     }
+    own
 }
 
 /// Counts a packet dropped by quarantine.
@@ -130,13 +144,12 @@ pub struct FlowSeen {
 
 /// `tx_since_syn` stops counting here, so long streams stop dirtying the
 /// field once they are past any start-of-stream window.
-const TX_SINCE_SYN_CAP: u32 = 1024;
+pub const TX_SINCE_SYN_CAP: u32 = 1024;
 
 /// Counts one packet in the flow table, creating the flow. `syn`: an
 /// egress TCP SYN, which restarts the flow's start-of-stream window.
 #[inline(always)]
-pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64, syn: bool) -> FlowSeen {
-    let now = now_ns();
+pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64, syn: bool, now: u64) -> FlowSeen {
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         // SAFETY: `f` points to a live map value; only field addresses are
         // taken, `last_seen_ns` and `tx_since_syn` are plain aligned

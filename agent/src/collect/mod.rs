@@ -272,19 +272,9 @@ impl Collector {
         &self.inventory
     }
 
-    /// Reads the cgroup counters only (what the benchmark times).
-    pub fn read_cgroups(&self) -> io::Result<Vec<(u64, CgroupStats)>> {
-        match self.mode {
-            DrainMode::Batch => self.maps.cgroup_stats_batch(),
-            DrainMode::PerKey => self.maps.cgroup_stats_per_key(),
-        }
-    }
-
-    fn read_flows(&self) -> io::Result<Vec<(PeerKey, FlowStats)>> {
-        match self.mode {
-            DrainMode::Batch => self.maps.flows_batch(),
-            DrainMode::PerKey => self.maps.flows_per_key(),
-        }
+    /// Reads the cgroup counters and flows, flow cache merged in.
+    fn read_counts(&self) -> io::Result<crate::ebpf::Counts> {
+        self.maps.counts(self.mode == DrainMode::Batch)
     }
 
     /// One collection pass: drains maps and events, computes rates since
@@ -292,7 +282,7 @@ impl Collector {
     pub fn tick(&mut self) -> io::Result<Snapshot> {
         let now = Instant::now();
         self.refresh_mounts();
-        let cgroups = self.read_cgroups()?;
+        let (cgroups, mut flows) = self.read_counts()?;
         let storage_rows = self.maps.storage_stats(self.mode == DrainMode::Batch)?;
         let storage_keys: Vec<StorageKey> = storage_rows.iter().map(|(k, _)| *k).collect();
         let mut storage = self.storage_by_cgroup(storage_rows);
@@ -319,7 +309,6 @@ impl Collector {
                 cgroups.push((*id, CgroupStats::default()));
             }
         }
-        let mut flows = self.read_flows()?;
         // Before forgotten cgroups' flows are deleted: the eviction
         // estimate pairs it with this tick's deletion counter.
         let live_flows = flows.len() as u64;

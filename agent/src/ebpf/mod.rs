@@ -18,6 +18,7 @@
 //!   counts it.
 
 pub mod btf;
+pub mod flowcache;
 pub mod policy;
 pub mod signals;
 pub mod stale;
@@ -204,7 +205,12 @@ fn expected_layout(name: &str) -> Option<(MapType, u32, u32)> {
             8,
             size_of::<tollgate_ebpf::QuarantineEntry>() as u32,
         ),
-        map::QUARANTINE_GATE => (MapType::Array, 4, 4),
+        map::QUARANTINE_GATE | map::FLOW_CACHE_GEN => (MapType::Array, 4, 4),
+        map::FLOW_CACHE => (
+            MapType::PerCpuArray,
+            4,
+            size_of::<tollgate_ebpf::FlowCacheSlot>() as u32,
+        ),
         map::DNS_EVENTS | map::STRATUM_EVENTS => (MapType::RingBuf, 0, 0),
         map::JUMP => (MapType::ProgramArray, 4, 4),
         map::DNS_RATE => (
@@ -403,6 +409,8 @@ impl Dataplane {
             .map_max_entries(map::STRATUM_EVENTS, opts.maps.stratum_events_bytes);
         let signal_config = opts.maps.signal_config();
         loader.override_global(tollgate_ebpf::SIGNAL_CONFIG_SYMBOL, &signal_config, true);
+        let jiffy_ns = sys::jiffy_ns();
+        loader.override_global(tollgate_ebpf::JIFFY_NS_SYMBOL, &jiffy_ns, true);
         let mut storage = if kernel.disabled(ProgramType::RawTracepoint) {
             Err(StorageStatus::Unavailable(
                 "program type raw_tracepoint disabled by kernel.disable".into(),
@@ -682,7 +690,20 @@ impl Dataplane {
         for k in stale {
             trie.remove(&k).map_err(map_err(map::CIDRS))?;
         }
-        self.drop_flows_with_stale_scope(cidrs)
+        self.drop_flows_with_stale_scope(cidrs)?;
+        self.bump_flow_cache_generation()
+    }
+
+    /// Makes every CPU's flow-cache slots stale: each is flushed to the
+    /// maps (in the scope it was counted under) and refilled with the new
+    /// scope on its flow's next packet.
+    fn bump_flow_cache_generation(&mut self) -> Result<()> {
+        let mut gen_: aya::maps::Array<_, u32> =
+            aya::maps::Array::try_from(self.map_mut(map::FLOW_CACHE_GEN)?)
+                .map_err(map_err(map::FLOW_CACHE_GEN))?;
+        let g = gen_.get(&0, 0).map_err(map_err(map::FLOW_CACHE_GEN))?;
+        gen_.set(0, g.wrapping_add(1), 0)
+            .map_err(map_err(map::FLOW_CACHE_GEN))
     }
 
     /// Flows cache their peer's scope; after a CIDR change, flows whose
@@ -948,6 +969,9 @@ fn open_pinned(pins: &PinDir, name: &'static str) -> Result<MapData> {
     MapData::from_pin(&path).map_err(map_err(name))
 }
 
+/// Cgroup counters and flows as read by [`PinnedMaps::counts`].
+pub type Counts = (Vec<(u64, CgroupStats)>, Vec<(PeerKey, FlowStats)>);
+
 /// Maps opened from their pins, for readers (collector, `tollgate top`).
 pub struct PinnedMaps {
     pub cgroup_stats: PerCpuHashMap<MapData, u64, CgroupStats>,
@@ -956,6 +980,9 @@ pub struct PinnedMaps {
     pub flows: HashMap<MapData, PeerKey, FlowStats>,
     pub counters: PerCpuArray<MapData, u64>,
     pub conn_events: aya::maps::RingBuf<MapData>,
+    pub flow_cache: PerCpuArray<MapData, tollgate_ebpf::FlowCacheSlot>,
+    /// ns per jiffy, as the programs were told (see `flowcache`).
+    pub jiffy_ns: u64,
     pub ncpu: usize,
 }
 
@@ -982,6 +1009,9 @@ impl PinnedMaps {
                 .map_err(map_err(map::COUNTERS))?,
             conn_events: aya::maps::RingBuf::try_from(Map::RingBuf(open(map::CONN_EVENTS)?))
                 .map_err(map_err(map::CONN_EVENTS))?,
+            flow_cache: PerCpuArray::try_from(Map::PerCpuArray(open(map::FLOW_CACHE)?))
+                .map_err(map_err(map::FLOW_CACHE))?,
+            jiffy_ns: sys::jiffy_ns(),
             ncpu,
         })
     }
@@ -1061,6 +1091,43 @@ impl PinnedMaps {
             .iter()
             .map(|r| r.map_err(|e| io::Error::other(e.to_string())))
             .collect()
+    }
+
+    /// Cgroup counters and flows with every CPU's flow-cache slots merged
+    /// in (see [`flowcache`]): what a tick reads. `batch`: batch lookups,
+    /// else per-key iteration.
+    pub fn counts(&self, batch: bool) -> io::Result<Counts> {
+        flowcache::read_merged(
+            || flowcache::read_slots(&self.flow_cache, self.ncpu, batch),
+            || {
+                Ok(if batch {
+                    (self.cgroup_stats_batch()?, self.flows_batch()?)
+                } else {
+                    (self.cgroup_stats_per_key()?, self.flows_per_key()?)
+                })
+            },
+            |(cgroups, flows), slots| {
+                flowcache::merge_cgroups(cgroups, slots);
+                flowcache::merge_flows(flows, slots, self.jiffy_ns);
+            },
+        )
+    }
+
+    /// One cgroup's counters, flow cache merged in.
+    pub fn cgroup_totals(&self, id: u64) -> io::Result<CgroupStats> {
+        let mut one = flowcache::read_merged(
+            || flowcache::read_slots(&self.flow_cache, self.ncpu, true),
+            || {
+                let s = match self.cgroup_stats.get(&id, 0) {
+                    Ok(v) => sum(&v),
+                    Err(aya::maps::MapError::KeyNotFound) => CgroupStats::default(),
+                    Err(e) => return Err(io::Error::other(e.to_string())),
+                };
+                Ok(vec![(id, s)])
+            },
+            |c, slots| flowcache::merge_cgroups(c, slots),
+        )?;
+        Ok(one.pop().map(|(_, s)| s).unwrap_or_default())
     }
 
     /// Kernel health counters, summed over CPUs, by slot.

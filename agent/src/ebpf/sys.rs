@@ -289,3 +289,20 @@ pub fn probe_batch() -> bool {
     let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
     lookup_batch::<u32, u32>(fd.as_fd(), Values::Single, 1).is_ok()
 }
+
+/// Nanoseconds per jiffy: the resolution of CLOCK_MONOTONIC_COARSE, which
+/// the kernel reports as its tick (TICK_NSEC). Falls back to HZ = 250.
+pub fn jiffy_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer for the call.
+    let r = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    let ns = ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64;
+    if r == 0 && ns > 0 {
+        ns
+    } else {
+        tollgate_ebpf::DEFAULT_JIFFY_NS
+    }
+}
