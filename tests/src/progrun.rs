@@ -62,6 +62,35 @@ impl Loaded {
         r.return_value
     }
 
+    /// Runs one frame through egress `repeat` times in one test run (the
+    /// kernel reruns the program on the same packet: `repeat` packets).
+    pub fn run_repeat(&self, frame: &[u8], repeat: u32) {
+        let r = self
+            .dp
+            .skb_program(true)
+            .unwrap()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                repeat,
+                ..TestRunOptions::default()
+            })
+            .expect("BPF_PROG_TEST_RUN with repeat");
+        assert_eq!(r.return_value, 1, "verdict must be pass");
+    }
+
+    /// Counters of this process's cgroup in `TG_CG_STATS` alone, without
+    /// the flow cache.
+    pub fn my_map_stats(&self) -> CgroupStats {
+        let id = my_cgroup_id();
+        self.maps()
+            .cgroup_stats_batch()
+            .unwrap()
+            .into_iter()
+            .find(|(k, _)| *k == id)
+            .map(|(_, v)| v)
+            .unwrap_or_default()
+    }
+
     pub fn maps(&self) -> PinnedMaps {
         PinnedMaps::open(&self.pins).unwrap()
     }
@@ -115,4 +144,21 @@ pub fn my_cgroup_id() -> u64 {
     std::fs::metadata(mount.join(rel.trim_start_matches('/')))
         .unwrap()
         .ino()
+}
+
+/// Pins the calling thread to CPU 0 (util-linux `taskset` on this thread's
+/// id), so every test run meets the same per-CPU state.
+pub fn pin_this_thread_to_cpu0() {
+    let me = std::fs::read_link("/proc/thread-self").expect("/proc/thread-self");
+    let tid = me
+        .file_name()
+        .and_then(|t| t.to_str())
+        .expect("thread id")
+        .to_owned();
+    let st = std::process::Command::new("taskset")
+        .args(["-p", "-c", "0", &tid])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running taskset");
+    assert!(st.success(), "taskset -p -c 0 {tid}: {st}");
 }

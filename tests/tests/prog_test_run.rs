@@ -370,3 +370,53 @@ fn a_million_random_and_mutated_packets_pass_and_are_counted() {
     );
     assert_eq!(refused, 0, "every frame was accepted by the test-run");
 }
+
+/// The per-CPU flow cache: repeated packets of one flow are counted in a
+/// CPU's slot, not the maps; the merged read is exact, and when the slot is
+/// refilled (here: a scope-generation bump, as after a CIDR change) its
+/// counts land in the maps exactly once.
+#[test]
+fn flow_cache_keeps_counts_exact_across_hits_and_refills() {
+    if !tollgate_tests::privileged::require_root() {
+        return;
+    }
+    // One CPU, so every run meets the same slot and the map-path counts
+    // are exact too.
+    tollgate_tests::progrun::pin_this_thread_to_cpu0();
+    let mut t = Loaded::new("fcache");
+    let frame = v4(POD, NET, "udp", 100);
+    const R: u64 = 5000;
+    t.run_repeat(&frame, R as u32);
+    let merged = t.my_stats();
+    assert_eq!(merged.egress.external.packets, R);
+    assert_eq!(merged.egress.external.bytes, R * 128);
+    // The first packet takes the map path; the rest are cache hits,
+    // invisible in the maps alone.
+    let raw = t.my_map_stats();
+    assert_eq!(raw.egress.external.packets, 1, "{raw:?}");
+    let net = IpAddr::V4(Ipv4Addr::from(NET));
+    let f = t.flow(net, 53, 17).expect("flow");
+    assert_eq!((f.tx.packets, f.tx.bytes), (R, R * 128));
+
+    // Same CIDRs, new generation: every slot is stale, so the next packet
+    // takes the map path and refills its slot, flushing the old counts.
+    let cidrs = tollgate::config::Config::parse(tollgate_tests::progrun::CONFIG)
+        .unwrap()
+        .cidr_table();
+    t.dp.set_cidrs(&cidrs).expect("set cidrs");
+    t.run(true, &frame);
+    let merged = t.my_stats();
+    assert_eq!(merged.egress.external.packets, R + 1);
+    assert_eq!(merged.egress.external.bytes, (R + 1) * 128);
+    // The refill flushed the R - 1 cached packets; the new one took the
+    // map path.
+    let raw = t.my_map_stats();
+    assert_eq!(raw.egress.external.packets, R + 1, "{raw:?}");
+    let f = t.flow(net, 53, 17).expect("flow");
+    assert_eq!((f.tx.packets, f.tx.bytes), (R + 1, (R + 1) * 128));
+    let fills = t.maps().counters().unwrap()[tollgate_ebpf::Counter::FlowCacheFills as usize];
+    assert!(
+        fills >= 2,
+        "at least the first fill and the refill: {fills}"
+    );
+}
