@@ -83,11 +83,18 @@ pub fn hit(key: &PeerKey, dir: Dir, bytes: u64, syn: bool) -> Option<FlowSeen> {
     // SAFETY: `s` is this CPU's value of a per-CPU array slot, live for
     // the whole run; only this CPU writes it (nesting excluded by `busy`).
     unsafe {
-        if (*s).busy != 0 || !same(&words(&(*s).key), &w) || (*s).gen_ != generation() {
+        // Take the slot before reading it: a program nesting between the
+        // check and the store would otherwise refill it under our feet.
+        if (*s).busy != 0 {
             return None;
         }
         (*s).busy = 1;
         compiler_fence(Ordering::SeqCst);
+        if !same(&words(&(*s).key), &w) || (*s).gen_ != generation() {
+            compiler_fence(Ordering::SeqCst);
+            (*s).busy = 0;
+            return None;
+        }
         let c = match dir {
             Dir::Egress => &raw mut (*s).tx,
             Dir::Ingress => &raw mut (*s).rx,
@@ -129,11 +136,14 @@ pub fn fill(key: &PeerKey, seen: &FlowSeen, now: u64) {
         if (*s).busy != 0 {
             return;
         }
+        (*s).busy = 1;
+        compiler_fence(Ordering::SeqCst);
         let used = (*s).key.cgroup_id != 0;
         if used && (*s).gen_ == gen_ && j.wrapping_sub((*s).last_jiffies) < IDLE_JIFFIES {
+            compiler_fence(Ordering::SeqCst);
+            (*s).busy = 0;
             return;
         }
-        (*s).busy = 1;
         let seq = (*s).seq_hi + 1;
         (*s).seq_hi = seq;
         compiler_fence(Ordering::SeqCst);
