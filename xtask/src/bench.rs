@@ -91,6 +91,7 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
     }
 
     per_packet(&bin)?;
+    no_other_cgroup_programs()?;
 
     // Declaration order = reverse drop order: agent, then server, then namespaces.
     let _net = Netns::create()?;
@@ -155,6 +156,74 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
     tcp.row("TCP throughput", |v| format!("{:.2} Gbit/s", v / 1e9), 0.99);
     udp.row("UDP 64 B rate", |v| format!("{:.1} kpps", v / 1e3), 0.97);
     Ok(())
+}
+
+/// The "without" runs are only without if nothing else is attached at the
+/// cgroup root and no other Tollgate program (storage tracepoints, tc) is
+/// loaded: pins left by a killed agent keep their programs running.
+fn no_other_cgroup_programs() -> Result<()> {
+    let root = cgroup2_mount()?;
+    let mut found: Vec<String> = bpftool_json(&["cgroup", "show", &root.display().to_string()])?
+        .iter()
+        .map(|p| {
+            format!(
+                "{} ({})",
+                p["name"].as_str().unwrap_or("?"),
+                p["attach_type"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    for p in bpftool_json(&["prog", "show"])? {
+        let name = p["name"].as_str().unwrap_or("");
+        if name.starts_with("tg_") && !found.iter().any(|f| f.starts_with(name)) {
+            found.push(format!("{name} ({})", p["type"].as_str().unwrap_or("?")));
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "other programs are attached at the cgroup root {} or loaded by another Tollgate: {}. \
+         \"Without\" runs would carry them. Stop the agent that owns them, or remove leftover pins \
+         with `tollgate detach --pin-dir DIR` (pin directories under /sys/fs/bpf), then run the \
+         benchmark again",
+        root.display(),
+        found.join(", ")
+    )
+}
+
+/// `bpftool -j ARGS` as a JSON array (empty output: none).
+fn bpftool_json(args: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let out = Command::new("bpftool")
+        .arg("-j")
+        .args(args)
+        .output()
+        .context("running bpftool")?;
+    if !out.status.success() {
+        bail!(
+            "bpftool {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Vec::new());
+    }
+    serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing bpftool {}", args.join(" ")))
+}
+
+/// Where cgroup v2 is mounted (hybrid and unified hosts differ).
+pub(crate) fn cgroup2_mount() -> Result<PathBuf> {
+    let mi = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
+    mi.lines()
+        .find_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mount_point = pre.split_whitespace().nth(4)?;
+            post.starts_with("cgroup2 ")
+                .then(|| PathBuf::from(mount_point))
+        })
+        .context("no cgroup v2 mount in /proc/self/mountinfo")
 }
 
 /// A config file that switches storage accounting off.

@@ -24,7 +24,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 
-use super::{Agent, ensure_root};
+use super::{Agent, cgroup2_mount, ensure_root};
 use crate::{cmd, setup};
 
 #[derive(Args)]
@@ -183,18 +183,6 @@ fn output(c: &mut Command) -> Result<String> {
 
 fn ip(args: &[&str]) -> Result<()> {
     cmd::check(Command::new("ip").args(args))
-}
-
-fn cgroup2_mount() -> Result<PathBuf> {
-    let mi = std::fs::read_to_string("/proc/self/mountinfo").context("reading mountinfo")?;
-    mi.lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mount_point = pre.split_whitespace().nth(4)?;
-            post.starts_with("cgroup2 ")
-                .then(|| PathBuf::from(mount_point))
-        })
-        .context("no cgroup v2 mount in /proc/self/mountinfo")
 }
 
 pub fn run(args: &QuarantineArgs) -> Result<()> {
