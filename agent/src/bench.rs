@@ -116,6 +116,7 @@ fn run(p: &aya::programs::CgroupSkb, frame: &[u8], repeat: u32) -> Result<f64, D
 pub struct DrainBenchRow {
     pub cgroups: usize,
     pub flows: usize,
+    pub storage: usize,
     pub rounds: usize,
     /// Median time to read every cgroup entry, flow and storage counter (what
     /// one tick drains), milliseconds.
@@ -123,6 +124,12 @@ pub struct DrainBenchRow {
     pub per_key_ms: f64,
     /// per_key / batch.
     pub speedup: f64,
+    /// Medians per map (cgroups, flows, storage), milliseconds: where the
+    /// time goes.
+    pub batch_by_map_ms: [f64; 3],
+    pub per_key_by_map_ms: [f64; 3],
+    /// Batch time per entry read, nanoseconds.
+    pub batch_ns_per_entry: f64,
 }
 
 /// `tollgate bench-drain`: reads the pinned cgroup, flow and storage maps of a
@@ -135,28 +142,42 @@ pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, Datapl
         path: pins.versioned(),
         source: e,
     };
+    let timed = |f: &mut dyn FnMut() -> std::io::Result<usize>| {
+        let t = std::time::Instant::now();
+        let n = f().map_err(io)?;
+        Ok::<_, DataplaneError>((t.elapsed().as_secs_f64() * 1e3, n))
+    };
+    // [round][map] (ms, entries)
     let (mut batch, mut per_key) = (Vec::new(), Vec::new());
-    let (mut cgroups, mut flows) = (0, 0);
     for _ in 0..rounds.max(1) {
-        let t = std::time::Instant::now();
-        cgroups = maps.cgroup_stats_batch().map_err(io)?.len();
-        flows = maps.flows_batch().map_err(io)?.len();
-        let s = maps.storage_stats(true).map_err(io)?.len();
-        batch.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = std::time::Instant::now();
-        let c = maps.cgroup_stats_per_key().map_err(io)?.len();
-        let f = maps.flows_per_key().map_err(io)?.len();
-        let s2 = maps.storage_stats(false).map_err(io)?.len();
-        per_key.push(t.elapsed().as_secs_f64() * 1e3);
-        std::hint::black_box((c, f, s, s2));
+        batch.push([
+            timed(&mut || maps.cgroup_stats_batch().map(|v| v.len()))?,
+            timed(&mut || maps.flows_batch().map(|v| v.len()))?,
+            timed(&mut || maps.storage_stats(true).map(|v| v.len()))?,
+        ]);
+        per_key.push([
+            timed(&mut || maps.cgroup_stats_per_key().map(|v| v.len()))?,
+            timed(&mut || maps.flows_per_key().map(|v| v.len()))?,
+            timed(&mut || maps.storage_stats(false).map(|v| v.len()))?,
+        ]);
     }
-    let (b, p) = (median(batch), median(per_key));
+    let total =
+        |v: &[[(f64, usize); 3]]| median(v.iter().map(|r| r.iter().map(|m| m.0).sum()).collect());
+    let by_map =
+        |v: &[[(f64, usize); 3]]| [0, 1, 2].map(|i| median(v.iter().map(|r| r[i].0).collect()));
+    let last = batch.last().expect("at least one round");
+    let (cgroups, flows, storage) = (last[0].1, last[1].1, last[2].1);
+    let (b, p) = (total(&batch), total(&per_key));
     Ok(DrainBenchRow {
         cgroups,
         flows,
+        storage,
         rounds,
         batch_ms: b,
         per_key_ms: p,
         speedup: p / b,
+        batch_by_map_ms: by_map(&batch),
+        per_key_by_map_ms: by_map(&per_key),
+        batch_ns_per_entry: b * 1e6 / (cgroups + flows + storage).max(1) as f64,
     })
 }

@@ -26,7 +26,7 @@ use tollgate_ebpf::CGROUP_OVERFLOW;
 mod cpu;
 mod dns;
 
-pub use cpu::{cpu_limit_cores, cpu_usage_usec};
+pub use cpu::{UsageReader, cpu_limit_cores, cpu_usage_usec};
 pub use dns::{entropy, label_entropy};
 
 use super::{CgroupRow, Features, PeerWindow, Snapshot, WindowSample};
@@ -202,12 +202,22 @@ impl Windower {
         let at = snap.taken_at;
         let first = self.start.is_none();
         let start = *self.start.get_or_insert(at);
-        for row in snap
-            .cgroups
-            .iter()
-            .filter(|r| r.cgroup_id != CGROUP_OVERFLOW)
-        {
-            self.add_row(row, at, first);
+        let rows = || {
+            snap.cgroups
+                .iter()
+                .filter(|r| r.cgroup_id != CGROUP_OVERFLOW)
+        };
+        // CPU time of cgroups seen for the first time, read in one sweep.
+        let new_dirs: Vec<PathBuf> = rows()
+            .filter(|r| !self.pods.contains_key(&r.cgroup_id))
+            .filter_map(|r| self.cgroup_dir(r.path.as_deref()))
+            .collect();
+        let mut cpu = self
+            .cgroup_mount
+            .as_deref()
+            .map(|m| UsageReader::new(m, new_dirs.iter().map(PathBuf::as_path)));
+        for row in rows() {
+            self.add_row(row, at, first, &mut cpu);
         }
         for i in &snap.interfaces {
             let now = (i.pod_egress.bytes, i.pod_egress.packets);
@@ -240,7 +250,13 @@ impl Windower {
         self.close(start, at)
     }
 
-    fn add_row(&mut self, row: &CgroupRow, at: SystemTime, first: bool) {
+    fn add_row(
+        &mut self,
+        row: &CgroupRow,
+        at: SystemTime,
+        first: bool,
+        cpu: &mut Option<UsageReader>,
+    ) {
         let dir = self.cgroup_dir(row.path.as_deref());
         let acc = self.pods.entry(row.cgroup_id).or_insert_with(|| PodAcc {
             subject: subject_of(row),
@@ -252,7 +268,7 @@ impl Windower {
             dns_names: 0,
             dns_len_sum: 0.0,
             dns_entropy_sum: 0.0,
-            cpu_prev_usec: dir.as_deref().and_then(cpu_usage_usec),
+            cpu_prev_usec: dir.as_deref().and_then(|d| cpu.as_mut()?.usage_usec(d)),
             seen: false,
             gone: false,
             finished: false,
@@ -365,15 +381,19 @@ impl Windower {
             .filter(|(_, p)| !p.finished)
             .map(|(id, _)| *id)
             .collect();
-        for id in ids {
-            let dir = {
-                let p = &self.pods[&id];
-                self.cgroup_dir(p.subject.cgroup_path.as_deref())
-            };
+        let dirs: Vec<Option<PathBuf>> = ids
+            .iter()
+            .map(|id| self.cgroup_dir(self.pods[id].subject.cgroup_path.as_deref()))
+            .collect();
+        let mut cpu = self
+            .cgroup_mount
+            .as_deref()
+            .map(|m| UsageReader::new(m, dirs.iter().flatten().map(PathBuf::as_path)));
+        for (id, dir) in ids.into_iter().zip(dirs) {
             let usage = if self.pods[&id].gone {
                 None
             } else {
-                dir.as_deref().and_then(cpu_usage_usec)
+                dir.as_deref().and_then(|d| cpu.as_mut()?.usage_usec(d))
             };
             let limit = dir.as_deref().and_then(cpu_limit_cores);
             let acc = self.pods.get_mut(&id).expect("id from keys");
