@@ -130,6 +130,11 @@ pub struct DrainBenchRow {
     pub per_key_by_map_ms: [f64; 3],
     /// Batch time per entry read, nanoseconds.
     pub batch_ns_per_entry: f64,
+    /// Minima over the rounds (the least disturbed runs on a shared
+    /// machine) and their ratio.
+    pub batch_min_ms: f64,
+    pub per_key_min_ms: f64,
+    pub speedup_min: f64,
 }
 
 /// `tollgate bench-drain`: reads the pinned cgroup, flow and storage maps of a
@@ -168,6 +173,12 @@ pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, Datapl
     let last = batch.last().expect("at least one round");
     let (cgroups, flows, storage) = (last[0].1, last[1].1, last[2].1);
     let (b, p) = (total(&batch), total(&per_key));
+    let min = |v: &[[(f64, usize); 3]]| {
+        v.iter()
+            .map(|r| r.iter().map(|m| m.0).sum::<f64>())
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (bmin, pmin) = (min(&batch), min(&per_key));
     Ok(DrainBenchRow {
         cgroups,
         flows,
@@ -179,5 +190,8 @@ pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, Datapl
         batch_by_map_ms: by_map(&batch),
         per_key_by_map_ms: by_map(&per_key),
         batch_ns_per_entry: b * 1e6 / (cgroups + flows + storage).max(1) as f64,
+        batch_min_ms: bmin,
+        per_key_min_ms: pmin,
+        speedup_min: pmin / bmin,
     })
 }

@@ -159,6 +159,19 @@ fn is_external(cidrs: &[(IpNet, bool)], addr: IpAddr) -> bool {
         .is_none_or(|(_, internal)| !internal)
 }
 
+/// Whether `s` already names `r` as [`subject_of`] would.
+fn same_subject(s: &Subject, r: &CgroupRow) -> bool {
+    s.cgroup_id == r.cgroup_id
+        && s.cgroup_path == r.path
+        && s.namespace == r.namespace
+        && s.pod == r.pod
+        && s.container == r.container
+        && match &r.class {
+            Some(c) => s.class == *c,
+            None => s.class == crate::inventory::classes::DEFAULT_CLASS,
+        }
+}
+
 /// Who a cgroup row is, as findings name it.
 pub fn subject_of(r: &CgroupRow) -> Subject {
     Subject {
@@ -257,7 +270,7 @@ impl Windower {
         first: bool,
         cpu: &mut Option<UsageReader>,
     ) {
-        let dir = self.cgroup_dir(row.path.as_deref());
+        let mount = self.cgroup_mount.as_deref();
         let acc = self.pods.entry(row.cgroup_id).or_insert_with(|| PodAcc {
             subject: subject_of(row),
             prev: if first { Cum::of(row) } else { Cum::default() },
@@ -268,13 +281,18 @@ impl Windower {
             dns_names: 0,
             dns_len_sum: 0.0,
             dns_entropy_sum: 0.0,
-            cpu_prev_usec: dir.as_deref().and_then(|d| cpu.as_mut()?.usage_usec(d)),
+            cpu_prev_usec: mount
+                .zip(row.path.as_deref())
+                .and_then(|(m, p)| cpu.as_mut()?.usage_usec(&m.join(p.trim_start_matches('/')))),
             seen: false,
             gone: false,
             finished: false,
             bypass: (0, 0),
         });
-        acc.subject = subject_of(row);
+        // Rebuilt only when the identity changed: every row, every tick.
+        if !same_subject(&acc.subject, row) {
+            acc.subject = subject_of(row);
+        }
         acc.seen = true;
         acc.gone = row.gone;
         let cur = Cum::of(row);
@@ -297,20 +315,27 @@ impl Windower {
                 txp: d.tx_packets,
                 rxp: d.rx_packets,
             };
-            let prev = match acc.flows_prev.get(&key) {
-                Some(p) => *p,
-                // Flows already there at start are history; later ones
-                // are new flows whose counters started at zero.
-                None if first => now,
-                None => FlowCum::default(),
+            // Known flows are updated in place: no key clone per tick.
+            let prev = match acc.flows_prev.get_mut(&key) {
+                Some(p) => std::mem::replace(p, now),
+                None => {
+                    acc.flows_prev.insert(key.clone(), now);
+                    // Flows already there at start are history; later
+                    // ones are new flows whose counters started at zero.
+                    if first { now } else { FlowCum::default() }
+                }
             };
-            acc.first_seen.entry(key.clone()).or_insert(at);
-            let s = acc.flows_sum.entry(key.clone()).or_default();
+            if !acc.first_seen.contains_key(&key) {
+                acc.first_seen.insert(key.clone(), at);
+            }
+            let s = match acc.flows_sum.get_mut(&key) {
+                Some(s) => s,
+                None => acc.flows_sum.entry(key).or_default(),
+            };
             s.tx += delta(prev.tx, now.tx, &mut self.resets);
             s.rx += delta(prev.rx, now.rx, &mut self.resets);
             s.txp += delta(prev.txp, now.txp, &mut self.resets);
             s.rxp += delta(prev.rxp, now.rxp, &mut self.resets);
-            acc.flows_prev.insert(key, now);
         }
     }
 
