@@ -48,6 +48,25 @@ fn hop(dirs: &[PathBuf], rounds: usize) {
     let _ = std::fs::remove_file(&list);
 }
 
+/// Runs a CPU-bound shell loop inside cgroup `dir`: the shell waits for
+/// its stdin to close, by which time it has been moved there.
+fn burn_in(dir: &std::path::Path) {
+    use std::{io::Write as _, process::Stdio};
+    let mut child = Command::new("sh")
+        .args([
+            "-c",
+            "read _; i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sh runs");
+    std::fs::write(dir.join("cgroup.procs"), child.id().to_string()).expect("move burner");
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "go").expect("start burner");
+    drop(stdin);
+    assert!(child.wait().expect("burner ends").success());
+}
+
 /// Batch lookups (values summed over CPUs in place) return the same
 /// entries with the same counts as get_next_key + lookup per key, for the
 /// cgroup and flow maps, with several rounds of traffic on each cgroup.
@@ -173,6 +192,11 @@ fn flushed_cpu_usage_is_the_cgroups_own() {
         .map(|i| parent.child(&format!("pod-{i:03}")).expect("pod cgroup"))
         .collect();
     hop(&dirs, 2);
+    // Three pods also burn measurable CPU (a shell loop of 100,000 steps).
+    const BURNERS: usize = 3;
+    for d in &dirs[..BURNERS] {
+        burn_in(d);
+    }
     let before: Vec<u64> = dirs
         .iter()
         .map(|d| cpu_usage_usec(d).expect("cpu.stat"))
@@ -203,7 +227,11 @@ fn flushed_cpu_usage_is_the_cgroups_own() {
             after[i]
         );
     }
-    assert!(via.iter().all(|u| *u > 0), "every pod ran the hopper");
+    assert!(
+        via[..BURNERS].iter().all(|u| *u >= 1000),
+        "the burners ran >= 1 ms each: {:?}",
+        &via[..BURNERS]
+    );
     std::fs::remove_dir(&dirs[0]).expect("rmdir");
     assert_eq!(reader.usage_usec(&dirs[0]), None);
 }

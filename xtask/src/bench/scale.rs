@@ -210,13 +210,15 @@ struct Row {
 }
 
 /// Map sizes for a node with `n` cgroups: the defaults (a dense node of
-/// ~110 pods) or twice the cgroup count, whichever is larger. This is the
+/// ~110 pods) or twice the cgroup count, whichever is larger. The control
+/// API listens on a free port: an agent of a concurrent test run may hold
+/// the default one. This is the
 /// sizing the README recommends; the bench uses it so that each scale is
 /// measured on maps an operator would configure for it.
 fn sized_config(n: usize, grace: &str) -> String {
     let fit = |default: u32| default.max(((2 * n) as u32).next_power_of_two());
     format!(
-        "[agent]\ntick = \"1s\"\n[inventory]\ngrace = \"{grace}\"\n[maps]\ncgroup_stats_entries = {}\nflow_entries = {}\n[storage]\nstats_entries = {}\n",
+        "[agent]\ntick = \"1s\"\n[control]\nlisten = \"127.0.0.1:0\"\n[inventory]\ngrace = \"{grace}\"\n[maps]\ncgroup_stats_entries = {}\nflow_entries = {}\n[storage]\nstats_entries = {}\n",
         fit(tollgate_ebpf_defaults::CGROUP_STATS),
         fit(tollgate_ebpf_defaults::FLOWS),
         fit(tollgate_ebpf_defaults::STORAGE_STATS),
