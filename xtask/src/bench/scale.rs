@@ -341,7 +341,7 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         args.window
     );
     println!(
-        "{:>8} | {:>7} | {:>7} | {:>9} | {:>11} | {:>7} | {:>9} | {:>10} | {:>10} | {:>8} | {:>6} | {:>8} | {}",
+        "{:>8} | {:>7} | {:>7} | {:>9} | {:>11} | {:>7} | {:>9} | {:>10} | {:>10} | {:>8} | {:>6} | {:>8} | load (1/5/15 min)",
         "cgroups",
         "in map",
         "flows",
@@ -354,7 +354,6 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         "tick ms",
         "tick/s",
         "RSS MiB",
-        "load (1/5/15 min)"
     );
     for r in &rows {
         let d = &r.drain;
