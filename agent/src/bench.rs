@@ -116,6 +116,7 @@ fn run(p: &aya::programs::CgroupSkb, frame: &[u8], repeat: u32) -> Result<f64, D
 pub struct DrainBenchRow {
     pub cgroups: usize,
     pub flows: usize,
+    pub storage: usize,
     pub rounds: usize,
     /// Median time to read every cgroup entry, flow and storage counter (what
     /// one tick drains), milliseconds.
@@ -123,7 +124,21 @@ pub struct DrainBenchRow {
     pub per_key_ms: f64,
     /// per_key / batch.
     pub speedup: f64,
+    /// Medians per map (cgroups, flows, storage, the flow cache read
+    /// twice), milliseconds: where the time goes.
+    pub batch_by_map_ms: [f64; MAPS],
+    pub per_key_by_map_ms: [f64; MAPS],
+    /// Batch time per entry read, nanoseconds.
+    pub batch_ns_per_entry: f64,
+    /// Minima over the rounds (the least disturbed runs on a shared
+    /// machine) and their ratio.
+    pub batch_min_ms: f64,
+    pub per_key_min_ms: f64,
+    pub speedup_min: f64,
 }
+
+/// Maps a drain reads (see [`DrainBenchRow::batch_by_map_ms`]).
+const MAPS: usize = 4;
 
 /// `tollgate bench-drain`: reads the pinned cgroup, flow and storage maps of a
 /// running agent with batch lookups and with per-key iteration,
@@ -135,29 +150,57 @@ pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, Datapl
         path: pins.versioned(),
         source: e,
     };
+    let timed = |f: &mut dyn FnMut() -> std::io::Result<usize>| {
+        let t = std::time::Instant::now();
+        let n = f().map_err(io)?;
+        Ok::<_, DataplaneError>((t.elapsed().as_secs_f64() * 1e3, n))
+    };
+    // [round][map] (ms, entries)
     let (mut batch, mut per_key) = (Vec::new(), Vec::new());
-    let (mut cgroups, mut flows) = (0, 0);
     for _ in 0..rounds.max(1) {
-        let t = std::time::Instant::now();
-        // What a tick reads: cgroups and flows with the flow cache merged.
-        let (c, f) = maps.counts(true).map_err(io)?;
-        (cgroups, flows) = (c.len(), f.len());
-        let s = maps.storage_stats(true).map_err(io)?.len();
-        batch.push(t.elapsed().as_secs_f64() * 1e3);
-        let t = std::time::Instant::now();
-        let (c, f) = maps.counts(false).map_err(io)?;
-        let (c, f) = (c.len(), f.len());
-        let s2 = maps.storage_stats(false).map_err(io)?.len();
-        per_key.push(t.elapsed().as_secs_f64() * 1e3);
-        std::hint::black_box((c, f, s, s2));
+        // The pieces of what a tick reads (`PinnedMaps::counts`: flow-cache
+        // slots, cgroups, flows, slots again; then storage), each timed.
+        batch.push([
+            timed(&mut || maps.cgroup_stats_batch().map(|v| v.len()))?,
+            timed(&mut || maps.flows_batch().map(|v| v.len()))?,
+            timed(&mut || maps.storage_stats(true).map(|v| v.len()))?,
+            timed(&mut || maps.flow_cache_slots(true).map(|v| 2 * v.len()))?,
+        ]);
+        per_key.push([
+            timed(&mut || maps.cgroup_stats_per_key().map(|v| v.len()))?,
+            timed(&mut || maps.flows_per_key().map(|v| v.len()))?,
+            timed(&mut || maps.storage_stats(false).map(|v| v.len()))?,
+            timed(&mut || maps.flow_cache_slots(false).map(|v| 2 * v.len()))?,
+        ]);
     }
-    let (b, p) = (median(batch), median(per_key));
+    let total = |v: &[[(f64, usize); MAPS]]| {
+        median(v.iter().map(|r| r.iter().map(|m| m.0).sum()).collect())
+    };
+    let by_map = |v: &[[(f64, usize); MAPS]]| {
+        [0, 1, 2, 3].map(|i| median(v.iter().map(|r| r[i].0).collect()))
+    };
+    let last = batch.last().expect("at least one round");
+    let (cgroups, flows, storage, slots) = (last[0].1, last[1].1, last[2].1, last[3].1);
+    let (b, p) = (total(&batch), total(&per_key));
+    let min = |v: &[[(f64, usize); MAPS]]| {
+        v.iter()
+            .map(|r| r.iter().map(|m| m.0).sum::<f64>())
+            .fold(f64::INFINITY, f64::min)
+    };
+    let (bmin, pmin) = (min(&batch), min(&per_key));
     Ok(DrainBenchRow {
         cgroups,
         flows,
+        storage,
         rounds,
         batch_ms: b,
         per_key_ms: p,
         speedup: p / b,
+        batch_by_map_ms: by_map(&batch),
+        per_key_by_map_ms: by_map(&per_key),
+        batch_ns_per_entry: b * 1e6 / (cgroups + flows + storage + slots).max(1) as f64,
+        batch_min_ms: bmin,
+        per_key_min_ms: pmin,
+        speedup_min: pmin / bmin,
     })
 }

@@ -26,7 +26,7 @@ use tollgate_ebpf::CGROUP_OVERFLOW;
 mod cpu;
 mod dns;
 
-pub use cpu::{cpu_limit_cores, cpu_usage_usec};
+pub use cpu::{UsageReader, cpu_limit_cores, cpu_usage_usec};
 pub use dns::{entropy, label_entropy};
 
 use super::{CgroupRow, Features, PeerWindow, Snapshot, WindowSample};
@@ -159,6 +159,19 @@ fn is_external(cidrs: &[(IpNet, bool)], addr: IpAddr) -> bool {
         .is_none_or(|(_, internal)| !internal)
 }
 
+/// Whether `s` already names `r` as [`subject_of`] would.
+fn same_subject(s: &Subject, r: &CgroupRow) -> bool {
+    s.cgroup_id == r.cgroup_id
+        && s.cgroup_path == r.path
+        && s.namespace == r.namespace
+        && s.pod == r.pod
+        && s.container == r.container
+        && match &r.class {
+            Some(c) => s.class == *c,
+            None => s.class == crate::inventory::classes::DEFAULT_CLASS,
+        }
+}
+
 /// Who a cgroup row is, as findings name it.
 pub fn subject_of(r: &CgroupRow) -> Subject {
     Subject {
@@ -202,12 +215,22 @@ impl Windower {
         let at = snap.taken_at;
         let first = self.start.is_none();
         let start = *self.start.get_or_insert(at);
-        for row in snap
-            .cgroups
-            .iter()
-            .filter(|r| r.cgroup_id != CGROUP_OVERFLOW)
-        {
-            self.add_row(row, at, first);
+        let rows = || {
+            snap.cgroups
+                .iter()
+                .filter(|r| r.cgroup_id != CGROUP_OVERFLOW)
+        };
+        // CPU time of cgroups seen for the first time, read in one sweep.
+        let new_dirs: Vec<PathBuf> = rows()
+            .filter(|r| !self.pods.contains_key(&r.cgroup_id))
+            .filter_map(|r| self.cgroup_dir(r.path.as_deref()))
+            .collect();
+        let mut cpu = self
+            .cgroup_mount
+            .as_deref()
+            .map(|m| UsageReader::new(m, new_dirs.iter().map(PathBuf::as_path)));
+        for row in rows() {
+            self.add_row(row, at, first, &mut cpu);
         }
         for i in &snap.interfaces {
             let now = (i.pod_egress.bytes, i.pod_egress.packets);
@@ -240,8 +263,14 @@ impl Windower {
         self.close(start, at)
     }
 
-    fn add_row(&mut self, row: &CgroupRow, at: SystemTime, first: bool) {
-        let dir = self.cgroup_dir(row.path.as_deref());
+    fn add_row(
+        &mut self,
+        row: &CgroupRow,
+        at: SystemTime,
+        first: bool,
+        cpu: &mut Option<UsageReader>,
+    ) {
+        let mount = self.cgroup_mount.as_deref();
         let acc = self.pods.entry(row.cgroup_id).or_insert_with(|| PodAcc {
             subject: subject_of(row),
             prev: if first { Cum::of(row) } else { Cum::default() },
@@ -252,13 +281,18 @@ impl Windower {
             dns_names: 0,
             dns_len_sum: 0.0,
             dns_entropy_sum: 0.0,
-            cpu_prev_usec: dir.as_deref().and_then(cpu_usage_usec),
+            cpu_prev_usec: mount
+                .zip(row.path.as_deref())
+                .and_then(|(m, p)| cpu.as_mut()?.usage_usec(&m.join(p.trim_start_matches('/')))),
             seen: false,
             gone: false,
             finished: false,
             bypass: (0, 0),
         });
-        acc.subject = subject_of(row);
+        // Rebuilt only when the identity changed: every row, every tick.
+        if !same_subject(&acc.subject, row) {
+            acc.subject = subject_of(row);
+        }
         acc.seen = true;
         acc.gone = row.gone;
         let cur = Cum::of(row);
@@ -281,20 +315,27 @@ impl Windower {
                 txp: d.tx_packets,
                 rxp: d.rx_packets,
             };
-            let prev = match acc.flows_prev.get(&key) {
-                Some(p) => *p,
-                // Flows already there at start are history; later ones
-                // are new flows whose counters started at zero.
-                None if first => now,
-                None => FlowCum::default(),
+            // Known flows are updated in place: no key clone per tick.
+            let prev = match acc.flows_prev.get_mut(&key) {
+                Some(p) => std::mem::replace(p, now),
+                None => {
+                    acc.flows_prev.insert(key.clone(), now);
+                    // Flows already there at start are history; later
+                    // ones are new flows whose counters started at zero.
+                    if first { now } else { FlowCum::default() }
+                }
             };
-            acc.first_seen.entry(key.clone()).or_insert(at);
-            let s = acc.flows_sum.entry(key.clone()).or_default();
+            if !acc.first_seen.contains_key(&key) {
+                acc.first_seen.insert(key.clone(), at);
+            }
+            let s = match acc.flows_sum.get_mut(&key) {
+                Some(s) => s,
+                None => acc.flows_sum.entry(key).or_default(),
+            };
             s.tx += delta(prev.tx, now.tx, &mut self.resets);
             s.rx += delta(prev.rx, now.rx, &mut self.resets);
             s.txp += delta(prev.txp, now.txp, &mut self.resets);
             s.rxp += delta(prev.rxp, now.rxp, &mut self.resets);
-            acc.flows_prev.insert(key, now);
         }
     }
 
@@ -365,15 +406,19 @@ impl Windower {
             .filter(|(_, p)| !p.finished)
             .map(|(id, _)| *id)
             .collect();
-        for id in ids {
-            let dir = {
-                let p = &self.pods[&id];
-                self.cgroup_dir(p.subject.cgroup_path.as_deref())
-            };
+        let dirs: Vec<Option<PathBuf>> = ids
+            .iter()
+            .map(|id| self.cgroup_dir(self.pods[id].subject.cgroup_path.as_deref()))
+            .collect();
+        let mut cpu = self
+            .cgroup_mount
+            .as_deref()
+            .map(|m| UsageReader::new(m, dirs.iter().flatten().map(PathBuf::as_path)));
+        for (id, dir) in ids.into_iter().zip(dirs) {
             let usage = if self.pods[&id].gone {
                 None
             } else {
-                dir.as_deref().and_then(cpu_usage_usec)
+                dir.as_deref().and_then(|d| cpu.as_mut()?.usage_usec(d))
             };
             let limit = dir.as_deref().and_then(cpu_limit_cores);
             let acc = self.pods.get_mut(&id).expect("id from keys");

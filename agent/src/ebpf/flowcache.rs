@@ -37,7 +37,12 @@ pub fn read_slots(
             cache.map().fd().as_fd(),
             sys::Values::PerCpu(ncpu),
             FLOW_CACHE_SLOTS,
-            |i, per_cpu| per_cpu.enumerate().for_each(|(cpu, s)| put(i, cpu, s)),
+            |i, per_cpu| {
+                per_cpu
+                    .iter()
+                    .enumerate()
+                    .for_each(|(cpu, s)| put(i, cpu, s))
+            },
         )?;
     } else {
         for i in 0..FLOW_CACHE_SLOTS {

@@ -79,20 +79,56 @@ pub fn lookup_batch<K: Pod, V: Pod>(
     batch: u32,
 ) -> io::Result<Vec<(K, Vec<V>)>> {
     let mut out = Vec::new();
-    lookup_batch_each(fd, values, batch, |k, vs: &mut dyn Iterator<Item = V>| {
-        out.push((k, vs.collect()))
+    lookup_batch_each(fd, values, batch, |k, vs: EntryValues<'_, V>| {
+        out.push((k, vs.iter().collect()))
     })?;
     Ok(out)
 }
 
+/// The value bytes of one entry as the kernel laid them out: one `V`, or
+/// one per possible CPU, each padded to 8 bytes. Read straight from the
+/// batch buffer: nothing is copied until a value is asked for.
+#[derive(Clone, Copy)]
+pub struct EntryValues<'a, V> {
+    bytes: &'a [u8],
+    stride: usize,
+    _v: std::marker::PhantomData<V>,
+}
+
+impl<V: Pod> EntryValues<'_, V> {
+    /// The value (CPU 0's for per-CPU maps).
+    pub fn first(&self) -> V {
+        read::<V>(self.bytes)
+    }
+
+    /// One value per CPU (one in all for plain maps).
+    pub fn iter(&self) -> impl Iterator<Item = V> + '_ {
+        self.bytes.chunks_exact(self.stride).map(read::<V>)
+    }
+
+    /// The values of all CPUs added up.
+    pub fn sum(&self) -> V
+    where
+        V: Default + std::ops::AddAssign,
+    {
+        let mut t = V::default();
+        for c in self.bytes.chunks_exact(self.stride) {
+            t += read::<V>(c);
+        }
+        t
+    }
+}
+
 /// Like [`lookup_batch`], handing each entry to `f` (key, then its values
-/// one per CPU) instead of collecting: no allocation per entry, which is
-/// what makes draining ten thousand cgroups cheap.
+/// in place in the batch buffer) instead of collecting: no allocation or
+/// copy per entry, which is what makes draining ten thousand cgroups
+/// cheap. `batch` is where the batch size starts: it grows (doubling) when
+/// one hash bucket holds more entries than fit.
 pub fn lookup_batch_each<K: Pod, V: Pod>(
     fd: BorrowedFd<'_>,
     values: Values,
     batch: u32,
-    mut f: impl FnMut(K, &mut dyn Iterator<Item = V>),
+    mut f: impl FnMut(K, EntryValues<'_, V>),
 ) -> io::Result<()> {
     let ncpu = match values {
         Values::Single => 1,
@@ -102,21 +138,54 @@ pub fn lookup_batch_each<K: Pod, V: Pod>(
         Values::Single => size_of::<V>(),
         Values::PerCpu(_) => size_of::<V>().next_multiple_of(8),
     };
+    let ks = size_of::<K>();
+    let vs = stride * ncpu;
+    lookup_batch_raw(fd, ks, vs, batch, |keys, vals| {
+        for (k, v) in keys.chunks_exact(ks).zip(vals.chunks_exact(vs)) {
+            f(
+                read::<K>(k),
+                EntryValues {
+                    bytes: v,
+                    stride,
+                    _v: std::marker::PhantomData,
+                },
+            );
+        }
+    })
+}
+
+/// The loop under [`lookup_batch_each`]: hands `f` each batch the kernel
+/// filled, as (keys, values) byte slices holding the same number of
+/// entries (`key_size` and `value_size` bytes each; for per-CPU maps
+/// `value_size` covers every CPU).
+pub fn lookup_batch_raw(
+    fd: BorrowedFd<'_>,
+    key_size: usize,
+    value_size: usize,
+    batch: u32,
+    mut f: impl FnMut(&[u8], &[u8]),
+) -> io::Result<()> {
     let mut batch = batch.max(1);
     // The batch cursor is opaque; for hash maps it is a bucket index, but
     // the kernel documents it as key-sized, so give it room for both.
-    let tok_len = size_of::<K>().max(8);
+    let tok_len = key_size.max(8);
     let mut in_tok = vec![0u8; tok_len];
     let mut out_tok = vec![0u8; tok_len];
     let mut first = true;
     // Buffers reused across calls (every tick drains three maps): fresh
     // ones cost a zero-fill and, past glibc's mmap threshold, page faults
-    // on every call.
+    // on every call. Only grown, never shrunk or refilled: the kernel
+    // writes before anything is read.
     let (mut keys, mut vals) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     let mut drain = || -> io::Result<()> {
         loop {
-            keys.resize(size_of::<K>() * batch as usize, 0u8);
-            vals.resize(stride * ncpu * batch as usize, 0u8);
+            let (kl, vl) = (key_size * batch as usize, value_size * batch as usize);
+            if keys.len() < kl {
+                keys.resize(kl, 0u8);
+            }
+            if vals.len() < vl {
+                vals.resize(vl, 0u8);
+            }
             let mut attr = BatchAttr {
                 in_batch: if first { 0 } else { in_tok.as_mut_ptr() as u64 },
                 out_batch: out_tok.as_mut_ptr() as u64,
@@ -137,13 +206,8 @@ pub fn lookup_batch_each<K: Pod, V: Pod>(
                 }
                 Err(e) => return Err(e),
             };
-            for i in 0..attr.count as usize {
-                let key = read::<K>(&keys[i * size_of::<K>()..]);
-                let base = i * stride * ncpu;
-                let vals = &vals;
-                let mut it = (0..ncpu).map(move |c| read::<V>(&vals[base + c * stride..]));
-                f(key, &mut it);
-            }
+            let n = (attr.count as usize).min(batch as usize);
+            f(&keys[..n * key_size], &vals[..n * value_size]);
             if done {
                 return Ok(());
             }
@@ -157,7 +221,7 @@ pub fn lookup_batch_each<K: Pod, V: Pod>(
 }
 
 thread_local! {
-    /// Key and value buffers of [`lookup_batch_each`], kept between calls.
+    /// Key and value buffers of [`lookup_batch_raw`], kept between calls.
     static SCRATCH: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
         const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
 }

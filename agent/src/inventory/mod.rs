@@ -7,13 +7,13 @@
 //! removed cgroup keeps its identity (and, in the collector, its last
 //! counts) for a grace period, then is forgotten.
 
+pub mod alive;
 pub mod classes;
 pub mod kube;
 pub mod path;
 
 use std::{
     collections::{HashMap, HashSet},
-    os::unix::fs::MetadataExt as _,
     path::PathBuf,
     time::{Duration, Instant},
 };
@@ -176,16 +176,16 @@ impl Inventory {
                 }
             }
         } else {
-            // Cheap liveness check: one stat per reported cgroup.
-            for id in ids {
-                if let Some(e) = self.entries.get_mut(id)
-                    && e.gone_since.is_none()
-                    && let Some(p) = &e.path
-                {
-                    let full = self.mount.join(p.trim_start_matches('/'));
-                    if std::fs::metadata(&full).map(|m| m.ino()).ok() != Some(*id) {
-                        e.gone_since = Some(now);
-                    }
+            // Cheap liveness check: a stat per reported cgroup, or one
+            // listing of the parent for many siblings (see `alive`).
+            let live = ids.iter().filter_map(|id| {
+                let e = self.entries.get(id)?;
+                e.gone_since.is_none().then_some(())?;
+                Some((*id, e.path.as_deref()?))
+            });
+            for id in alive::gone(&self.mount, live) {
+                if let Some(e) = self.entries.get_mut(&id) {
+                    e.gone_since = Some(now);
                 }
             }
         }
