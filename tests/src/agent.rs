@@ -361,15 +361,34 @@ fn tail(s: &str, lines: usize) -> String {
 /// difference. Panics only if top never answered.
 pub fn top_until(pin_dir: &Path, timeout: Duration, done: impl Fn(&Top) -> bool) -> Top {
     let mut last = None;
-    let _ = cmd::wait_until("agent snapshot", timeout, || match top(pin_dir) {
+    // Failures after the last answer: a condition that never held because
+    // `top` kept failing reads differently from one that saw wrong counts.
+    let mut failures: Vec<String> = Vec::new();
+    let met = cmd::wait_until("agent snapshot", timeout, || match top(pin_dir) {
         Ok(t) => {
             let ok = done(&t);
             last = Some(t);
+            failures.clear();
             ok
         }
-        Err(_) => false,
+        Err(e) => {
+            failures.push(format!("{e:#}"));
+            false
+        }
     });
-    last.expect("tollgate top answered at least once")
+    if met.is_err() && !failures.is_empty() {
+        eprintln!(
+            "tollgate top failed {} time(s) after its last answer; last error: {}",
+            failures.len(),
+            failures.last().map(String::as_str).unwrap_or("")
+        );
+    }
+    last.unwrap_or_else(|| {
+        panic!(
+            "tollgate top never answered: {}",
+            failures.last().map(String::as_str).unwrap_or("no attempt")
+        )
+    })
 }
 
 /// Runs `tollgate <args> --pin-dir P --state-dir S`; returns stdout.
