@@ -18,9 +18,11 @@ use tollgate_ebpf::{
 
 use super::{
     maps::{FC_GEN, FLOW_CACHE, FLOWS},
-    stats::{Dir, FlowSeen, TX_SINCE_SYN_CAP, add, bump, cgroup_slot},
+    stats::{
+        Dir, FlowSeen, TX_SINCE_SYN_CAP, add_flow_counts, add_pair, bump, cgroup_slot, create_flow,
+    },
 };
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::generated::bpf_jiffies64};
+use aya_ebpf::helpers::generated::bpf_jiffies64;
 
 /// A slot whose flow counted nothing for this many jiffies (1-10 ms each,
 /// by HZ) may be taken by another flow: two busy flows that hash to one
@@ -199,47 +201,21 @@ unsafe fn flush(s: *mut FlowCacheSlot, current: bool) {
             add_pair(i, &rx);
         }
         let key = (*s).key;
-        let last = (*s).last_seen_ns(jiffy_ns());
-        if let Some(f) = FLOWS.get_ptr_mut(&key) {
-            add_pair(&raw mut (*f).tx, &tx);
-            add_pair(&raw mut (*f).rx, &rx);
-            if (*f).last_seen_ns < last {
-                (*f).last_seen_ns = last;
-            }
-            return;
-        }
-        if !current {
-            return;
-        }
         let value = FlowStats {
             tx,
             rx,
             first_seen_ns: (*s).base_ns,
-            last_seen_ns: last,
+            last_seen_ns: (*s).last_seen_ns(jiffy_ns()),
             scope: (*s).scope,
             tx_since_syn: (*s).tx_since_syn,
         };
-        match FLOWS.insert(&key, &value, BPF_NOEXIST as u64) {
-            Ok(()) => bump(Counter::FlowsCreated),
-            Err(_) => match FLOWS.get_ptr_mut(&key) {
-                Some(f) => {
-                    add_pair(&raw mut (*f).tx, &tx);
-                    add_pair(&raw mut (*f).rx, &rx);
-                }
-                None => bump(Counter::FlowCreateFailed),
-            },
+        if let Some(f) = FLOWS.get_ptr_mut(&key) {
+            add_flow_counts(f, &value);
+            if (*f).last_seen_ns < value.last_seen_ns {
+                (*f).last_seen_ns = value.last_seen_ns;
+            }
+        } else if current {
+            create_flow(&key, &value);
         }
-    }
-}
-
-#[inline(always)]
-fn add_pair(c: *mut ByteCount, v: &ByteCount) {
-    if v.packets == 0 {
-        return;
-    }
-    // SAFETY: `c` points into a live map value; field addresses only.
-    unsafe {
-        add(&raw mut (*c).bytes, v.bytes);
-        add(&raw mut (*c).packets, v.packets);
     }
 }

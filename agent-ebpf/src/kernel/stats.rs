@@ -189,14 +189,7 @@ pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64, syn: bool, now: u64) -> F
         }
         Dir::Ingress => value.rx = one,
     }
-    match FLOWS.insert(key, value, BPF_NOEXIST as u64) {
-        Ok(()) => bump(Counter::FlowsCreated),
-        // Lost a race with another CPU (EEXIST): add to the winner's entry.
-        Err(_) => match FLOWS.get_ptr_mut(key) {
-            Some(f) => add_flow(f, dir, bytes),
-            None => bump(Counter::FlowCreateFailed),
-        },
-    }
+    create_flow(key, &value);
     FlowSeen {
         internal,
         tx_since_syn: value.tx_since_syn,
@@ -211,5 +204,41 @@ fn add_flow(f: *mut FlowStats, dir: Dir, bytes: u64) {
             Dir::Egress => add_count(&raw mut (*f).tx, bytes),
             Dir::Ingress => add_count(&raw mut (*f).rx, bytes),
         }
+    }
+}
+
+/// Creates the flow `key` with `value`. A CPU that lost the race
+/// (EEXIST) adds `value`'s counts to the winner's entry instead.
+#[inline(always)]
+pub fn create_flow(key: &PeerKey, value: &FlowStats) {
+    match FLOWS.insert(key, value, BPF_NOEXIST as u64) {
+        Ok(()) => bump(Counter::FlowsCreated),
+        Err(_) => match FLOWS.get_ptr_mut(key) {
+            Some(f) => add_flow_counts(f, value),
+            None => bump(Counter::FlowCreateFailed),
+        },
+    }
+}
+
+/// Adds `v`'s sent and received counts to the flow entry at `f`.
+#[inline(always)]
+pub fn add_flow_counts(f: *mut FlowStats, v: &FlowStats) {
+    // SAFETY: `f` points to a live map value; field addresses only.
+    unsafe {
+        add_pair(&raw mut (*f).tx, &v.tx);
+        add_pair(&raw mut (*f).rx, &v.rx);
+    }
+}
+
+/// Adds a (bytes, packets) pair; nothing for an empty one.
+#[inline(always)]
+pub fn add_pair(c: *mut ByteCount, v: &ByteCount) {
+    if v.packets == 0 {
+        return;
+    }
+    // SAFETY: `c` points into a live map value; field addresses only.
+    unsafe {
+        add(&raw mut (*c).bytes, v.bytes);
+        add(&raw mut (*c).packets, v.packets);
     }
 }
