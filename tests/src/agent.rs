@@ -178,16 +178,7 @@ impl Agent {
         wrapper: &[String],
     ) -> Result<Agent> {
         let bin = bin_checked()?;
-        let base = std::env::temp_dir().join(format!("tollgate-test-{}", crate::unique_suffix()));
-        let config = base.with_extension("toml");
-        let log = base.with_extension("log");
-        fs::write(&config, config_toml)
-            .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
-        let out =
-            File::create(&log).map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| Error::io("duplicating log fd", e))?;
+        let files = RunFiles::new("tollgate-test", config_toml)?;
         let mut cmd = match wrapper.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
@@ -196,20 +187,9 @@ impl Agent {
             }
             None => Command::new(&bin),
         };
+        cmd.envs(env.iter().copied());
+        let (config, log) = files.run(&mut cmd, pin_dir)?;
         let child = cmd
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--pin-dir")
-            .arg(pin_dir)
-            // Tests run agents side by side: an ephemeral loopback port each
-            // (the agent logs the address it got).
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(["--control-addr", "127.0.0.1:0"])
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
             .spawn()
             .map_err(|e| Error::io(format!("starting {}", bin.display()), e))?;
         Ok(Agent {
@@ -407,4 +387,47 @@ pub fn tg(pins: &Path, state: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The config file and log of an agent a test starts: `PREFIX-N.toml` and
+/// `PREFIX-N.log` in the temp dir.
+pub(crate) struct RunFiles {
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl RunFiles {
+    pub(crate) fn new(prefix: &str, config_toml: &str) -> Result<Self> {
+        let base = std::env::temp_dir().join(format!("{prefix}-{}", crate::unique_suffix()));
+        let files = RunFiles {
+            config: base.with_extension("toml"),
+            log: base.with_extension("log"),
+        };
+        fs::write(&files.config, config_toml)
+            .map_err(|e| Error::io(format!("writing {}", files.config.display()), e))?;
+        Ok(files)
+    }
+
+    /// Appends `run --config C --pin-dir P` with ephemeral loopback ports
+    /// (tests run agents side by side; the agent logs the address it got)
+    /// to `cmd`, stdin from /dev/null, stdout and stderr to the log.
+    /// Returns the (config, log) paths.
+    pub(crate) fn run(self, cmd: &mut Command, pin_dir: &Path) -> Result<(PathBuf, PathBuf)> {
+        let out = File::create(&self.log)
+            .map_err(|e| Error::io(format!("creating {}", self.log.display()), e))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| Error::io("duplicating log fd", e))?;
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--pin-dir")
+            .arg(pin_dir)
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--control-addr", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        Ok((self.config, self.log))
+    }
 }

@@ -8,12 +8,12 @@
 //! agent dies the namespace, its bpffs and therefore its links go away,
 //! and the programs detach without any cleanup step.
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::agent::tollgate_bin;
+use crate::agent::{RunFiles, tollgate_bin};
 use crate::cmd::{self, Error, Result};
 use crate::top::Top;
 
@@ -33,32 +33,13 @@ impl Confined {
     /// Runs `setup` (shell, `set -e`) in a new private mount namespace,
     /// then execs `tollgate run` there with `config_toml`.
     pub fn spawn(setup: &str, pin_dir: &Path, config_toml: &str) -> Result<Confined> {
-        let base = std::env::temp_dir().join(format!("tollgate-ns-{}", crate::unique_suffix()));
-        let config = base.with_extension("toml");
-        let log = base.with_extension("log");
-        fs::write(&config, config_toml)
-            .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
-        let out =
-            File::create(&log).map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
-        let err = out
-            .try_clone()
-            .map_err(|e| Error::io("duplicating log fd", e))?;
+        let files = RunFiles::new("tollgate-ns", config_toml)?;
         let script = format!("set -e\n{setup}\nexec \"$@\"");
-        let child = Command::new("unshare")
-            .args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
-            .arg(tollgate_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--pin-dir")
-            .arg(pin_dir)
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .args(["--control-addr", "127.0.0.1:0"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|e| Error::io("starting unshare", e))?;
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-m", "--propagation", "private", "sh", "-c", &script, "sh"])
+            .arg(tollgate_bin());
+        let (config, log) = files.run(&mut cmd, pin_dir)?;
+        let child = cmd.spawn().map_err(|e| Error::io("starting unshare", e))?;
         Ok(Confined {
             child,
             pin_dir: pin_dir.to_path_buf(),
