@@ -585,7 +585,11 @@ pub struct KernelOffsets {
     pub regs_arg: [u32; 6],
     /// `pt_regs.orig_ax`: the syscall number at sys_exit.
     pub regs_syscall: u32,
-    pub _pad: u32,
+    /// `files_struct.fdtab`: the fd table embedded in `files_struct`,
+    /// used until a process has more fds than it holds (64). When it
+    /// directly follows `files_struct.fdt`, one read fetches the table
+    /// pointer and the embedded table together.
+    pub files_fdtab: u32,
 }
 const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 72);
 

@@ -38,6 +38,10 @@ pub enum TopError {
     Terminal(#[from] std::io::Error),
 }
 
+/// How long `top` waits for an agent that answers but has not finished its
+/// first collection pass (a pass takes at most a tick).
+const AGENT_START_WAIT: Duration = Duration::from_secs(10);
+
 /// Where snapshots come from.
 enum Source {
     Agent(PathBuf),
@@ -51,9 +55,19 @@ impl Source {
         classes: &ClassConfig,
         mountinfo: &Path,
     ) -> Result<Self, TopError> {
-        let agent_err = match api::fetch_snapshot(socket) {
-            Ok(_) => return Ok(Self::Agent(socket.to_owned())),
-            Err(e) => e.to_string(),
+        // An agent that answers but has not finished its first collection
+        // pass (503) is starting: wait for it rather than read the pins
+        // behind its back (that view lacks the agent's identities and
+        // storage status).
+        let started = std::time::Instant::now();
+        let agent_err = loop {
+            match api::fetch_snapshot(socket) {
+                Ok(_) => return Ok(Self::Agent(socket.to_owned())),
+                Err(api::ClientError::Status(..)) if started.elapsed() < AGENT_START_WAIT => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => break e.to_string(),
+            }
         };
         // Without the agent: identities from cgroup paths only (the agent
         // holds the Kubernetes watch).

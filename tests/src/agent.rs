@@ -140,7 +140,8 @@ pub struct Agent {
 
 impl Agent {
     /// Writes `config_toml` to a temp file, starts the agent with output
-    /// going to a log file, and waits (30 s at most) for the ready link pin.
+    /// going to a log file, and waits (30 s at most) until it is ready
+    /// (see [`Agent::wait_ready`]).
     pub fn start(pin_dir: &Path, config_toml: &str) -> Result<Agent> {
         Self::start_with_env(pin_dir, config_toml, &[])
     }
@@ -207,8 +208,9 @@ impl Agent {
         Self::spawn_wrapped(pin_dir, config_toml, env, &[])
     }
 
-    /// Waits (30 s at most) for the ready link pin; an error if the agent
-    /// exits first or never pins it (with its log).
+    /// Waits (30 s at most) for the ready link pin and the agent's first
+    /// snapshot on its socket; an error if the agent exits first or never
+    /// gets there (with its log).
     pub fn wait_ready(&mut self) -> Result<()> {
         let agent = self;
         let pin_dir = agent.pin_dir.clone();
@@ -219,7 +221,11 @@ impl Agent {
                 exited = Some(status);
                 return true;
             }
+            // Ready is the link pinned and the first snapshot served: a
+            // `top` before that would read the pins without the agent
+            // (no identities, storage status "unknown").
             ready.exists()
+                && tollgate::api::fetch_snapshot(&tollgate::api::default_socket(&pin_dir)).is_ok()
         });
         match (waited, exited) {
             (Ok(()), None) => Ok(()),

@@ -35,6 +35,18 @@ fn row(t: &Top, id: u64) -> CgroupRow {
 /// Runs tg-storage in the pod; returns the calls it made with a positive
 /// result (it fails unless it moved exactly `bytes`).
 fn io(pod: &TestCgroup, family: &str, path: &Path, from: Option<&Path>, bytes: u64) -> u64 {
+    io_holding(pod, family, path, from, bytes, 0)
+}
+
+/// [`io`] by a process that first opens `hold_fds` extra fds.
+fn io_holding(
+    pod: &TestCgroup,
+    family: &str,
+    path: &Path,
+    from: Option<&Path>,
+    bytes: u64,
+    hold_fds: usize,
+) -> u64 {
     let mut argv = vec![
         TOOL.to_owned(),
         "io".into(),
@@ -46,6 +58,8 @@ fn io(pod: &TestCgroup, family: &str, path: &Path, from: Option<&Path>, bytes: u
         bytes.to_string(),
         "--chunk".into(),
         "4096".into(),
+        "--hold-fds".into(),
+        hold_fds.to_string(),
     ];
     if let Some(f) = from {
         argv.extend(["--from".into(), f.display().to_string()]);
@@ -165,6 +179,19 @@ fn storage_bytes_per_family_are_exact() {
         io(&a, family, &u.join("src"), None, m);
         check(family, want_w, want_r);
     }
+    // A process with more than 64 fds open: its fd table is no longer the
+    // one embedded in files_struct, which the kernel program reads another
+    // way.
+    let (n, m) = (17_171u64, 13_131u64);
+    let calls = io_holding(&a, "write", &w.join("out-many-fds"), None, n, 100);
+    want_w.bytes += n;
+    want_w.calls += calls;
+    io_holding(&a, "write", &u.join("out-many-fds"), None, n, 100);
+    let calls = io_holding(&a, "read", &w.join("data"), None, m, 100);
+    want_r.bytes += m;
+    want_r.calls += calls;
+    io_holding(&a, "read", &u.join("src"), None, m, 100);
+    check("more than 64 fds", want_w, want_r);
     // Copies out of the watched mount into the tmpfs: the in fd is read.
     for (family, m) in [("sendfile", 12_345u64), ("splice", 54_321)] {
         let calls = io(

@@ -12,8 +12,9 @@
 //! stash in `TG_ST_INFLIGHT`. sys_exit leaves at once while that count is
 //! 0 (an array read); otherwise it reads the syscall number from pt_regs
 //! and for the same family takes (lookup + delete) the thread's stash and
-//! counts a positive result. A socket write thus costs seven probe reads
-//! at entry and one array read at exit; nothing is written.
+//! counts a positive result. A socket write thus costs six probe reads
+//! at entry (seven when the process has more than 64 fds open) and one
+//! array read at exit; nothing is written.
 //!
 //! Deleting the stash at exit also deduplicates: while an upgraded agent
 //! swaps links, old and new programs briefly both run, and only the first
@@ -54,7 +55,7 @@ static TG_KOFFS: KernelOffsets = KernelOffsets {
     sb_magic: 0,
     regs_arg: [0; 6],
     regs_syscall: 0,
-    _pad: 0,
+    files_fdtab: 0,
 };
 
 #[inline(always)]
@@ -97,6 +98,12 @@ enum Resolved {
 
 /// fd -> super block of the current task; `Watched(dev)` when the device
 /// is in `TG_ST_DEVS` or the magic in `TG_ST_MAGICS`.
+///
+/// Each `bpf_probe_read_kernel` costs about 30 ns here, so fields that lie
+/// close together are fetched by one read (see [`fd_table`], [`inode`],
+/// [`super_block`]): with at most 64 fds open, a socket costs five reads
+/// after the argument and a regular file six (one more each beyond 64
+/// fds), where reading each field alone took six and nine.
 #[inline(always)]
 fn resolve(o: &KernelOffsets, fd: u64) -> Resolved {
     // fd arguments are `unsigned int` or `int`: the low 32 bits.
@@ -106,10 +113,7 @@ fn resolve(o: &KernelOffsets, fd: u64) -> Resolved {
     let Some(files) = read_u64(task + o.task_files as u64) else {
         return Resolved::Failed;
     };
-    let Some(fdt) = read_u64(files + o.files_fdt as u64) else {
-        return Resolved::Failed;
-    };
-    let Some((max, fds)) = read_fdtable(o, fdt) else {
+    let Some((max, fds)) = fd_table(o, files) else {
         return Resolved::Failed;
     };
     if fd >= max as u64 {
@@ -122,12 +126,10 @@ fn resolve(o: &KernelOffsets, fd: u64) -> Resolved {
     if file == 0 {
         return Resolved::Unwatched;
     }
-    let Some(inode) = read_u64(file + o.file_inode as u64) else {
+    let Some(inode_ptr) = read_u64(file + o.file_inode as u64) else {
         return Resolved::Failed;
     };
-    // SAFETY: as in `read_u64`.
-    let Ok(mode) = (unsafe { bpf_probe_read_kernel((inode + o.inode_mode as u64) as *const u16) })
-    else {
+    let Some((mode, sb)) = inode(o, inode_ptr) else {
         return Resolved::Failed;
     };
     if mode & S_IFMT != S_IFREG {
@@ -135,19 +137,10 @@ fn resolve(o: &KernelOffsets, fd: u64) -> Resolved {
         // when the inode lives on a watched mount.
         return Resolved::Unwatched;
     }
-    let Some(sb) = read_u64(inode + o.inode_sb as u64) else {
+    let Some((dev, magic)) = super_block(o, sb) else {
         return Resolved::Failed;
     };
-    let Some(dev) = read_u32(sb + o.sb_dev as u64) else {
-        return Resolved::Failed;
-    };
-    if ST_DEVS.get_ptr(dev).is_some() {
-        return Resolved::Watched(dev);
-    }
-    let Some(magic) = read_u64(sb + o.sb_magic as u64) else {
-        return Resolved::Failed;
-    };
-    if ST_MAGICS.get_ptr(magic).is_some() {
+    if ST_DEVS.get_ptr(dev).is_some() || ST_MAGICS.get_ptr(magic).is_some() {
         Resolved::Watched(dev)
     } else {
         Resolved::Unwatched
@@ -157,21 +150,87 @@ fn resolve(o: &KernelOffsets, fd: u64) -> Resolved {
 const S_IFMT: u16 = 0o170000;
 const S_IFREG: u16 = 0o100000;
 
+/// `N` words at `addr` in one read.
+#[inline(always)]
+fn read_words<const N: usize>(addr: u64) -> Option<[u64; N]> {
+    // SAFETY: as in `read_u64`; `[u64; N]` has no invalid values.
+    unsafe { bpf_probe_read_kernel(addr as *const [u64; N]) }.ok()
+}
+
+/// `(max_fds, fd array)` of the task's `files_struct` at `files`.
+///
+/// While a process has at most 64 fds, `files->fdt` points to the table
+/// embedded in `files_struct` right after the pointer, so one read of the
+/// pointer and the next two words has both (every kernel since 2.6 lays
+/// it out so; the agent's offsets say whether this one does). Otherwise
+/// the pointed-to table is read: [`read_fdtable`].
+#[inline(always)]
+fn fd_table(o: &KernelOffsets, files: u64) -> Option<(u32, u64)> {
+    if o.files_fdtab == o.files_fdt + 8 && o.fdt_max_fds == 0 && o.fdt_fd == 8 {
+        let w = read_words::<3>(files + o.files_fdt as u64)?;
+        if w[0] == files + o.files_fdtab as u64 {
+            // max_fds: the low half of its (padded) word, little-endian.
+            return Some((w[1] as u32, w[2]));
+        }
+        return read_fdtable(o, w[0]);
+    }
+    read_fdtable(o, read_u64(files + o.files_fdt as u64)?)
+}
+
 /// `fdtable.max_fds` and `fdtable.fd`: one read when `fd` follows
 /// `max_fds` at the next 8-byte slot (the layout of every kernel since
 /// 2.6), two otherwise.
 #[inline(always)]
 fn read_fdtable(o: &KernelOffsets, fdt: u64) -> Option<(u32, u64)> {
     if o.fdt_fd == o.fdt_max_fds + 8 {
-        // SAFETY: as in `read_u64`; `[u64; 2]` has no invalid values.
-        let pair =
-            unsafe { bpf_probe_read_kernel((fdt + o.fdt_max_fds as u64) as *const [u64; 2]) }
-                .ok()?;
+        let pair = read_words::<2>(fdt + o.fdt_max_fds as u64)?;
         return Some((pair[0] as u32, pair[1]));
     }
     Some((
         read_u32(fdt + o.fdt_max_fds as u64)?,
         read_u64(fdt + o.fdt_fd as u64)?,
+    ))
+}
+
+/// Words of an inode read at once: `i_mode` is its first field and `i_sb`
+/// follows within 48 bytes (offset 40 with POSIX ACLs, 24 without).
+const INODE_WORDS: usize = 6;
+
+/// `(i_mode, i_sb)` of the inode at `inode`: one read when the layout
+/// allows (see [`INODE_WORDS`]), else two.
+#[inline(always)]
+fn inode(o: &KernelOffsets, inode: u64) -> Option<(u16, u64)> {
+    let i = (o.inode_sb / 8) as usize;
+    if o.inode_mode == 0 && o.inode_sb % 8 == 0 && i < INODE_WORDS {
+        let w = read_words::<INODE_WORDS>(inode)?;
+        // i_mode: the low 16 bits of the first word, little-endian.
+        return Some((w[0] as u16, *w.get(i)?));
+    }
+    // SAFETY: as in `read_u64`.
+    let mode =
+        unsafe { bpf_probe_read_kernel((inode + o.inode_mode as u64) as *const u16) }.ok()?;
+    Some((mode, read_u64(inode + o.inode_sb as u64)?))
+}
+
+/// Words of a super block read at once, from `s_dev` to `s_magic` (80
+/// bytes apart in 6.x kernels).
+const SB_WORDS: usize = 12;
+
+/// `(s_dev, s_magic)` of the super block at `sb`: one read when the layout
+/// allows (see [`SB_WORDS`]), else two.
+#[inline(always)]
+fn super_block(o: &KernelOffsets, sb: u64) -> Option<(u32, u64)> {
+    if o.sb_dev % 8 == 0 && o.sb_magic % 8 == 0 && o.sb_magic > o.sb_dev {
+        let i = ((o.sb_magic - o.sb_dev) / 8) as usize;
+        if i < SB_WORDS {
+            let w = read_words::<SB_WORDS>(sb + o.sb_dev as u64)?;
+            // s_dev: the low half of its word, little-endian.
+            return Some((w[0] as u32, *w.get(i)?));
+        }
+    }
+    Some((
+        read_u32(sb + o.sb_dev as u64)?,
+        read_u64(sb + o.sb_magic as u64)?,
     ))
 }
 

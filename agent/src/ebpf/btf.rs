@@ -287,7 +287,7 @@ impl Btf {
                 m("pt_regs", "r9")?,
             ],
             regs_syscall: m("pt_regs", "orig_ax")?,
-            _pad: 0,
+            files_fdtab: m("files_struct", "fdtab")?,
         })
     }
 }
@@ -390,5 +390,6 @@ mod tests {
             assert_eq!(o.regs_syscall, 120);
         }
         assert!(o.task_files > 0 && o.inode_sb > 0 && o.sb_dev > 0);
+        assert!(o.files_fdtab > o.files_fdt, "fdtab follows the fdt pointer");
     }
 }

@@ -3,7 +3,7 @@
 //! at most CHUNK bytes and prints the number of bytes moved and the number
 //! of calls with a positive result, so the test knows what the kernel
 //! programs must have counted.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io::{IoSlice, IoSliceMut};
@@ -57,6 +57,11 @@ enum Cmd {
         bytes: u64,
         #[arg(long, default_value_t = 4096)]
         chunk: usize,
+        /// Open this many extra fds (copies of a /dev/null fd) first, so
+        /// the files used lie beyond the fd table embedded in the
+        /// kernel's files_struct (64 fds).
+        #[arg(long, default_value_t = 0)]
+        hold_fds: usize,
     },
     /// COUNT write() calls of SIZE bytes to PATH (opened once, appending
     /// from the start), timed: prints nanoseconds per call. PATH `-`:
@@ -71,8 +76,21 @@ enum Cmd {
     },
 }
 
+/// Set in the copy of itself `tg-storage io` runs (see [`main`]).
+const SPAWNED: &str = "TG_STORAGE_SPAWNED";
+
 fn main() -> ExitCode {
-    match run(Cli::parse().cmd) {
+    let cli = Cli::parse();
+    // A process's fd table is sized at fork by the highest fd open in its
+    // parent and keeps that size across exec; a test harness passes
+    // high-numbered fds. So the I/O is done by a copy of this tool
+    // spawned after closing those: its table is the small one embedded in
+    // the kernel's files_struct, as in a container (`--hold-fds` gives it
+    // a large one).
+    if matches!(cli.cmd, Cmd::Io { .. }) && std::env::var_os(SPAWNED).is_none() {
+        return respawn();
+    }
+    match run(cli.cmd) {
         Ok(line) => {
             println!("{line}");
             ExitCode::SUCCESS
@@ -82,6 +100,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs this tool again with the same arguments, passing on no fd but
+/// stdin, stdout and stderr; its exit status.
+fn respawn() -> ExitCode {
+    if let Err(e) = close_inherited() {
+        eprintln!("tg-storage: closing inherited fds: {e}");
+        return ExitCode::FAILURE;
+    }
+    let status = std::env::current_exe().and_then(|exe| {
+        std::process::Command::new(exe)
+            .args(std::env::args_os().skip(1))
+            .env(SPAWNED, "1")
+            .stdin(std::process::Stdio::null())
+            .status()
+    });
+    match status {
+        Ok(s) if s.success() => ExitCode::SUCCESS,
+        Ok(s) => {
+            eprintln!("tg-storage: the I/O process ended with {s}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tg-storage: spawning the I/O process: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Closes every fd above stderr, all inherited (a harness's
+/// high-numbered pipe, say): they would size the spawned copy's fd table,
+/// which is copied at fork before close-on-exec applies.
+#[allow(unsafe_code)]
+fn close_inherited() -> std::io::Result<()> {
+    // SAFETY: called before this process opens anything: no File or other
+    // owner in it holds an fd above 2, so none is left dangling.
+    let r = unsafe { libc::close_range(3, u32::MAX, 0) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 type Result<T> = std::result::Result<T, String>;
@@ -98,7 +157,13 @@ fn run(cmd: Cmd) -> Result<String> {
             from,
             bytes,
             chunk,
+            hold_fds,
         } => {
+            let null = File::open("/dev/null").map_err(err("open /dev/null"))?;
+            let _held = (0..hold_fds)
+                .map(|_| null.try_clone())
+                .collect::<std::io::Result<Vec<File>>>()
+                .map_err(err("holding fds"))?;
             let (moved, calls) = io(family, &path, from.as_deref(), bytes, chunk.max(1))?;
             if moved != bytes {
                 return Err(format!("moved {moved} of {bytes} bytes"));
