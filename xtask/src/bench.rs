@@ -21,7 +21,7 @@ mod storage;
 mod traffic;
 
 use crate::{cmd, setup};
-use traffic::{Netns, Server, tcp_bits_per_second, udp_packets_per_second, wait_bounded};
+use traffic::{Netns, Server, tcp_bits_per_second, udp_packets_per_second, udp_run, wait_bounded};
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -109,18 +109,7 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
         };
         for attached in order {
             match (attached, agent.is_some()) {
-                (true, false) => {
-                    agent = Some(if args.no_storage {
-                        Agent::start_with(
-                            &bin,
-                            PIN_DIR,
-                            SOCKET,
-                            &["--config", &no_storage_config()?],
-                        )?
-                    } else {
-                        Agent::start(&bin)?
-                    })
-                }
+                (true, false) => agent = Some(start(&bin, args.no_storage)?),
                 (false, true) => agent.take().expect("checked is_some").stop()?,
                 _ => {}
             }
@@ -138,9 +127,14 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
             udp.push(attached, pps);
         }
     }
-    if let Some(a) = agent.take() {
-        a.stop()?;
-    }
+    // Per-program cost on the live path, from one more "with" run (the
+    // agent is still up when the last pair ended attached).
+    let agent = match agent.take() {
+        Some(a) => a,
+        None => start(&bin, args.no_storage)?,
+    };
+    let costs = live_program_costs(args.seconds);
+    agent.stop()?;
 
     println!(
         "\ndata-plane throughput, median of {} runs each ({} s per run), storage accounting {}\n",
@@ -155,7 +149,125 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
     println!("{}", "-".repeat(16 + 3 + 13 + 3 + 13 + 3 + 6 + 3 + 14));
     tcp.row("TCP throughput", |v| format!("{:.2} Gbit/s", v / 1e9), 0.99);
     udp.row("UDP 64 B rate", |v| format!("{:.1} kpps", v / 1e3), 0.97);
+    costs?.print();
     Ok(())
+}
+
+/// The bench agent, with or without storage accounting.
+fn start(bin: &Path, no_storage: bool) -> Result<Agent> {
+    if no_storage {
+        Agent::start_with(bin, PIN_DIR, SOCKET, &["--config", &no_storage_config()?])
+    } else {
+        Agent::start(bin)
+    }
+}
+
+/// What each loaded Tollgate program cost during one 64-byte UDP run, from
+/// the kernel's BPF run-time statistics: runs per datagram sent and ns per
+/// run. The statistics add two clock reads to every program run, so they
+/// are on only for this extra run, never for the timed pairs.
+struct ProgramCosts {
+    /// (program, runs per datagram, ns per run)
+    rows: Vec<(String, f64, f64)>,
+    /// Wall-clock ns per datagram received in that run.
+    ns_per_datagram: f64,
+}
+
+impl ProgramCosts {
+    fn print(&self) {
+        println!(
+            "\nper-program cost on the live path (one more UDP 64 B run with kernel.bpf_stats_enabled=1; the statistics add ~2 clock reads per run)\n"
+        );
+        println!(
+            "{:<18} | {:>10} | {:>9} | {:>10}",
+            "program", "runs/dgram", "ns/run", "ns/dgram"
+        );
+        println!("{}", "-".repeat(18 + 3 + 10 + 3 + 9 + 3 + 10));
+        let mut total = 0.0;
+        for (name, runs, ns) in &self.rows {
+            total += runs * ns;
+            println!(
+                "{name:<18} | {runs:>10.2} | {ns:>9.1} | {:>10.1}",
+                runs * ns
+            );
+        }
+        println!(
+            "{:<18} | {:>10} | {:>9} | {total:>10.1}   (a datagram took {:.0} ns of wall clock)",
+            "all", "", "", self.ns_per_datagram
+        );
+    }
+}
+
+fn live_program_costs(seconds: u32) -> Result<ProgramCosts> {
+    let _on = BpfStats::enable()?;
+    let before = program_stats()?;
+    let run = udp_run(seconds)?;
+    let after = program_stats()?;
+    let mut rows = Vec::new();
+    for (id, (name, cnt, ns)) in &after {
+        let (c0, n0) = before.get(id).map(|b| (b.1, b.2)).unwrap_or((0, 0));
+        let runs = cnt.saturating_sub(c0);
+        if runs == 0 || run.sent <= 0.0 {
+            continue;
+        }
+        rows.push((
+            name.clone(),
+            runs as f64 / run.sent,
+            ns.saturating_sub(n0) as f64 / runs as f64,
+        ));
+    }
+    rows.sort_by(|a, b| (b.1 * b.2).total_cmp(&(a.1 * a.2)));
+    Ok(ProgramCosts {
+        rows,
+        ns_per_datagram: 1e9 / run.received_per_second,
+    })
+}
+
+/// Loaded `tg_*` programs by id: (name, run_cnt, run_time_ns).
+fn program_stats() -> Result<std::collections::BTreeMap<u64, (String, u64, u64)>> {
+    Ok(bpftool_json(&["prog", "show"])?
+        .iter()
+        .filter_map(|p| {
+            let name = p["name"].as_str()?;
+            name.starts_with("tg_").then(|| {
+                (
+                    p["id"].as_u64().unwrap_or(0),
+                    (
+                        name.to_owned(),
+                        p["run_cnt"].as_u64().unwrap_or(0),
+                        p["run_time_ns"].as_u64().unwrap_or(0),
+                    ),
+                )
+            })
+        })
+        .collect())
+}
+
+/// kernel.bpf_stats_enabled on while held; Drop restores the old value.
+struct BpfStats {
+    old: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> Result<Self> {
+        let old = std::fs::read_to_string(BPF_STATS_SYSCTL)
+            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
+        std::fs::write(BPF_STATS_SYSCTL, "1")
+            .with_context(|| format!("writing 1 to {BPF_STATS_SYSCTL}"))?;
+        Ok(Self {
+            old: old.trim().to_owned(),
+        })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::write(BPF_STATS_SYSCTL, &self.old) {
+            eprintln!("warning: restoring {BPF_STATS_SYSCTL} to {}: {e}", self.old);
+        }
+    }
 }
 
 /// The "without" runs are only without if nothing else is attached at the

@@ -33,6 +33,19 @@ pub fn tcp_bits_per_second(seconds: u32) -> Result<f64> {
 /// datagrams as fast as it can. Received = sent - lost (iperf3 3.12 reports
 /// the sender's count in `packets` even in `sum_received`).
 pub fn udp_packets_per_second(seconds: u32) -> Result<f64> {
+    udp_run(seconds).map(|r| r.received_per_second)
+}
+
+/// One 64-byte UDP run.
+pub struct UdpRun {
+    /// Datagrams the sender sent.
+    pub sent: f64,
+    /// Datagrams that reached the receiver, per second.
+    pub received_per_second: f64,
+}
+
+/// See [`udp_packets_per_second`].
+pub fn udp_run(seconds: u32) -> Result<UdpRun> {
     let v = iperf3_client(seconds, &["-u", "-b", "0", "-l", "64"])?;
     let end = &v["end"];
     let sum = if end["sum_received"].is_object() {
@@ -49,7 +62,10 @@ pub fn udp_packets_per_second(seconds: u32) -> Result<f64> {
     if secs <= 0.0 {
         bail!("iperf3 UDP run reported {secs} seconds");
     }
-    Ok((packets - lost) / secs)
+    Ok(UdpRun {
+        sent: packets,
+        received_per_second: (packets - lost) / secs,
+    })
 }
 
 fn iperf3_client(seconds: u32, extra: &[&str]) -> Result<Value> {
