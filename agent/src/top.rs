@@ -341,3 +341,71 @@ pub fn render(s: &Snapshot, rows: usize, width: usize) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+
+    use super::*;
+    use crate::collect::Snapshot;
+
+    /// An agent that answers 503 (no collection pass yet) is waited for,
+    /// not bypassed for the pins: `top` takes its first snapshot.
+    #[test]
+    fn waits_for_an_agent_that_is_starting() {
+        let dir = std::env::temp_dir().join(format!("tollgate-top-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("api.sock");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        rt.spawn(api::serve(socket.clone(), rx));
+        // Serving, but without a snapshot for the first 300 ms.
+        rt.spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let _ = tx.send(Some(Arc::new(Snapshot {
+                taken_at: SystemTime::now(),
+                drain_mode: "batch".into(),
+                cgroups: Vec::new(),
+                events: Vec::new(),
+                counters: BTreeMap::new(),
+                storage: Default::default(),
+                dns_samples: Vec::new(),
+                stratum_hits: Vec::new(),
+                recent_dns_samples: Vec::new(),
+                recent_stratum_hits: Vec::new(),
+                interfaces: Vec::new(),
+                denied: Vec::new(),
+            })));
+            // Keep the sender (and so the snapshot) alive.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        // Until the socket exists, `top` would rightly fall back.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !socket.exists() && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            matches!(
+                api::fetch_snapshot(&socket),
+                Err(api::ClientError::Status(..))
+            ),
+            "the agent answers 503 at first"
+        );
+        let pins = PinDir::new(dir.join("no-pins"));
+        let src = Source::open(
+            &socket,
+            &pins,
+            &ClassConfig::default(),
+            Path::new("/nonexistent"),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            matches!(src, Ok(Source::Agent(_))),
+            "top reads the agent once it has a snapshot"
+        );
+    }
+}
