@@ -388,8 +388,6 @@ mod tests {
 
     fn snap(paths: &[&str]) -> Snapshot {
         Snapshot {
-            taken_at: SystemTime::now(),
-            drain_mode: "batch".into(),
             cgroups: paths
                 .iter()
                 .enumerate()
@@ -415,13 +413,7 @@ mod tests {
                 ("ringbuf_drops".to_string(), 5),
                 ("flows_live".to_string(), 50),
             ]),
-            storage: Default::default(),
-            dns_samples: vec![],
-            stratum_hits: vec![],
-            recent_dns_samples: vec![],
-            recent_stratum_hits: vec![],
-            interfaces: Vec::new(),
-            denied: Vec::new(),
+            ..Snapshot::empty(SystemTime::now())
         }
     }
 

@@ -344,7 +344,7 @@ pub fn render(s: &Snapshot, rows: usize, width: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+    use std::{sync::Arc, time::SystemTime};
 
     use super::*;
     use crate::collect::Snapshot;
@@ -366,20 +366,7 @@ mod tests {
         // Serving, but without a snapshot for the first 300 ms.
         rt.spawn(async move {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            let _ = tx.send(Some(Arc::new(Snapshot {
-                taken_at: SystemTime::now(),
-                drain_mode: "batch".into(),
-                cgroups: Vec::new(),
-                events: Vec::new(),
-                counters: BTreeMap::new(),
-                storage: Default::default(),
-                dns_samples: Vec::new(),
-                stratum_hits: Vec::new(),
-                recent_dns_samples: Vec::new(),
-                recent_stratum_hits: Vec::new(),
-                interfaces: Vec::new(),
-                denied: Vec::new(),
-            })));
+            let _ = tx.send(Some(Arc::new(Snapshot::empty(SystemTime::now()))));
             // Keep the sender (and so the snapshot) alive.
             tokio::time::sleep(Duration::from_secs(60)).await;
         });

@@ -111,9 +111,16 @@ where
 /// Runs a prepared command with a deadline, failing on a non-zero exit.
 pub fn run_cmd(cmd: Command, timeout: Duration) -> Result<String> {
     let what = describe(&cmd);
+    check(&what, output(cmd, timeout)?).map(|o| o.stdout)
+}
+
+/// Runs a prepared command (stdin from /dev/null) with a deadline and
+/// returns its output, whatever its exit status.
+pub fn output(mut cmd: Command, timeout: Duration) -> Result<Output> {
+    let what = describe(&cmd);
+    cmd.stdin(Stdio::null());
     let child = spawn_piped(cmd)?;
-    let out = wait_timeout(child, timeout, &what)?;
-    check(&what, out).map(|o| o.stdout)
+    wait_timeout(child, timeout, &what)
 }
 
 fn spawn_piped(mut cmd: Command) -> Result<Child> {

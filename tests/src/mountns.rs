@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
 use crate::agent::{RunFiles, tollgate_bin};
@@ -111,14 +111,7 @@ impl Confined {
             .arg("-m")
             .arg(tollgate_bin())
             .args(args);
-        let what = cmd::describe(&c);
-        let child = c
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| Error::io(format!("spawning {what}"), e))?;
-        let out = cmd::wait_timeout(child, Duration::from_secs(30), &what)?;
+        let out = cmd::output(c, Duration::from_secs(30))?;
         Ok((
             out.status.success(),
             format!("{}{}", out.stdout, out.stderr),

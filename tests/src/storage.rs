@@ -214,11 +214,5 @@ pub fn run_in<S: AsRef<OsStr>>(
         .arg(cgroup.path())
         .args(argv);
     let what = cmd::describe(&c);
-    let child = c
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| Error::io(format!("spawning {what}"), e))?;
-    cmd::check(&what, cmd::wait_timeout(child, timeout, &what)?)
+    cmd::check(&what, cmd::output(c, timeout)?)
 }

@@ -290,6 +290,27 @@ pub struct Snapshot {
     pub denied: Vec<DeniedRow>,
 }
 
+impl Snapshot {
+    /// A pass that saw nothing (no cgroups, events, counters or storage),
+    /// taken at `taken_at`, in batch mode: the base a test fills in.
+    pub fn empty(taken_at: SystemTime) -> Self {
+        Self {
+            taken_at,
+            drain_mode: "batch".into(),
+            cgroups: Vec::new(),
+            events: Vec::new(),
+            counters: BTreeMap::new(),
+            storage: StorageSummary::default(),
+            dns_samples: Vec::new(),
+            stratum_hits: Vec::new(),
+            recent_dns_samples: Vec::new(),
+            recent_stratum_hits: Vec::new(),
+            interfaces: Vec::new(),
+            denied: Vec::new(),
+        }
+    }
+}
+
 /// One DNS query name sampled by the kernel.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DnsSample {

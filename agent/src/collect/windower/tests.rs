@@ -1,7 +1,5 @@
-use std::collections::BTreeMap;
-
 use super::*;
-use crate::collect::{Counts, Destination, DirCounts, DnsSample, StorageSummary};
+use crate::collect::{Counts, Destination, DirCounts, DnsSample};
 
 const T0: u64 = 1_767_225_600;
 
@@ -39,18 +37,8 @@ fn row(id: u64, path: Option<&str>, ext: u64, dests: &[(&str, u64)]) -> CgroupRo
 
 fn snap(t: u64, rows: Vec<CgroupRow>) -> Snapshot {
     Snapshot {
-        taken_at: at(t),
-        drain_mode: "batch".into(),
         cgroups: rows,
-        events: Vec::new(),
-        counters: BTreeMap::new(),
-        storage: StorageSummary::default(),
-        dns_samples: Vec::new(),
-        stratum_hits: Vec::new(),
-        recent_dns_samples: Vec::new(),
-        recent_stratum_hits: Vec::new(),
-        interfaces: Vec::new(),
-        denied: Vec::new(),
+        ..Snapshot::empty(at(t))
     }
 }
 
