@@ -510,33 +510,41 @@ impl Dataplane {
     /// The storage overflow entries (one per direction) must exist before
     /// the hooks run: a full map cannot create them.
     fn seed_storage_overflow(&mut self) -> Result<()> {
+        let keys = [STORAGE_WRITE, STORAGE_READ].map(|dir| StorageKey {
+            cgroup_id: CGROUP_OVERFLOW,
+            dev: 0,
+            dir,
+        });
+        self.seed_zero::<StorageKey, IoCount>(map::STORAGE_STATS, &keys)
+    }
+
+    /// Inserts all-zero per-CPU values under those of `keys` that the
+    /// per-CPU hash map `name` lacks (kept when present: the pins carry
+    /// counts across restarts).
+    fn seed_zero<K: aya::Pod, V: aya::Pod + Default>(
+        &mut self,
+        name: &'static str,
+        keys: &[K],
+    ) -> Result<()> {
         let ncpu = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
             what: "reading possible CPUs",
             path: PathBuf::from(what),
             source,
         })?;
-        let mut m: PerCpuHashMap<_, StorageKey, IoCount> =
-            PerCpuHashMap::try_from(self.map_mut(map::STORAGE_STATS)?)
-                .map_err(map_err(map::STORAGE_STATS))?;
-        for dir in [STORAGE_WRITE, STORAGE_READ] {
-            let key = StorageKey {
-                cgroup_id: CGROUP_OVERFLOW,
-                dev: 0,
-                dir,
-            };
-            if m.get(&key, 0).is_ok() {
+        let mut m: PerCpuHashMap<_, K, V> =
+            PerCpuHashMap::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        for key in keys {
+            if m.get(key, 0).is_ok() {
                 continue;
             }
-            let zero =
-                PerCpuValues::try_from(vec![IoCount::default(); ncpu]).map_err(|source| {
-                    DataplaneError::Io {
-                        what: "per-CPU values",
-                        path: PathBuf::new(),
-                        source,
-                    }
-                })?;
-            m.insert(key, zero, BPF_NOEXIST)
-                .map_err(map_err(map::STORAGE_STATS))?;
+            let zero = PerCpuValues::try_from(vec![V::default(); ncpu]).map_err(|source| {
+                DataplaneError::Io {
+                    what: "per-CPU values",
+                    path: PathBuf::new(),
+                    source,
+                }
+            })?;
+            m.insert(key, zero, BPF_NOEXIST).map_err(map_err(name))?;
         }
         Ok(())
     }
@@ -637,27 +645,7 @@ impl Dataplane {
     /// The overflow slot must exist before any program runs: when the map
     /// is full, the kernel cannot create it.
     fn seed_overflow(&mut self) -> Result<()> {
-        let ncpu = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Io {
-            what: "reading possible CPUs",
-            path: PathBuf::from(what),
-            source,
-        })?;
-        let mut m: PerCpuHashMap<_, u64, CgroupStats> =
-            PerCpuHashMap::try_from(self.map_mut(map::CGROUP_STATS)?)
-                .map_err(map_err(map::CGROUP_STATS))?;
-        if m.get(&CGROUP_OVERFLOW, 0).is_ok() {
-            return Ok(());
-        }
-        let zero =
-            PerCpuValues::try_from(vec![CgroupStats::default(); ncpu]).map_err(|source| {
-                DataplaneError::Io {
-                    what: "per-CPU values",
-                    path: PathBuf::new(),
-                    source,
-                }
-            })?;
-        m.insert(CGROUP_OVERFLOW, zero, BPF_NOEXIST)
-            .map_err(map_err(map::CGROUP_STATS))
+        self.seed_zero::<u64, CgroupStats>(map::CGROUP_STATS, &[CGROUP_OVERFLOW])
     }
 
     /// Replaces the scope trie's contents with `cidrs`.
