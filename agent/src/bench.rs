@@ -135,6 +135,10 @@ pub struct DrainBenchRow {
     pub batch_min_ms: f64,
     pub per_key_min_ms: f64,
     pub speedup_min: f64,
+    /// Share of the batch and per-key rounds' CPU time spent in the kernel
+    /// (the calling thread's system time over user + system).
+    pub batch_kernel_share: f64,
+    pub per_key_kernel_share: f64,
 }
 
 /// Maps a drain reads (see [`DrainBenchRow::batch_by_map_ms`]).
@@ -150,10 +154,19 @@ pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, Datapl
         path: pins.versioned(),
         source: e,
     };
-    let timed = |f: &mut dyn FnMut() -> std::io::Result<usize>| {
+    // CPU seconds (user, system) of the batch and the per-key reads.
+    let cpu = std::cell::Cell::new([(0.0, 0.0); 2]);
+    let timed = |mode: usize, f: &mut dyn FnMut() -> std::io::Result<usize>| {
+        let c0 = crate::ebpf::sys::thread_cpu().map_err(io)?;
         let t = std::time::Instant::now();
         let n = f().map_err(io)?;
-        Ok::<_, DataplaneError>((t.elapsed().as_secs_f64() * 1e3, n))
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        let c1 = crate::ebpf::sys::thread_cpu().map_err(io)?;
+        let mut sum = cpu.get();
+        sum[mode].0 += c1.0 - c0.0;
+        sum[mode].1 += c1.1 - c0.1;
+        cpu.set(sum);
+        Ok::<_, DataplaneError>((ms, n))
     };
     // [round][map] (ms, entries)
     let (mut batch, mut per_key) = (Vec::new(), Vec::new());
@@ -161,16 +174,16 @@ pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, Datapl
         // The pieces of what a tick reads (`PinnedMaps::counts`: flow-cache
         // slots, cgroups, flows, slots again; then storage), each timed.
         batch.push([
-            timed(&mut || maps.cgroup_stats_batch().map(|v| v.len()))?,
-            timed(&mut || maps.flows_batch().map(|v| v.len()))?,
-            timed(&mut || maps.storage_stats(true).map(|v| v.len()))?,
-            timed(&mut || maps.flow_cache_slots(true).map(|v| 2 * v.len()))?,
+            timed(0, &mut || maps.cgroup_stats_batch().map(|v| v.len()))?,
+            timed(0, &mut || maps.flows_batch().map(|v| v.len()))?,
+            timed(0, &mut || maps.storage_stats(true).map(|v| v.len()))?,
+            timed(0, &mut || maps.flow_cache_slots(true).map(|v| 2 * v.len()))?,
         ]);
         per_key.push([
-            timed(&mut || maps.cgroup_stats_per_key().map(|v| v.len()))?,
-            timed(&mut || maps.flows_per_key().map(|v| v.len()))?,
-            timed(&mut || maps.storage_stats(false).map(|v| v.len()))?,
-            timed(&mut || maps.flow_cache_slots(false).map(|v| 2 * v.len()))?,
+            timed(1, &mut || maps.cgroup_stats_per_key().map(|v| v.len()))?,
+            timed(1, &mut || maps.flows_per_key().map(|v| v.len()))?,
+            timed(1, &mut || maps.storage_stats(false).map(|v| v.len()))?,
+            timed(1, &mut || maps.flow_cache_slots(false).map(|v| 2 * v.len()))?,
         ]);
     }
     let total = |v: &[[(f64, usize); MAPS]]| {
@@ -202,5 +215,12 @@ pub fn drain_bench(pins: &PinDir, rounds: usize) -> Result<DrainBenchRow, Datapl
         batch_min_ms: bmin,
         per_key_min_ms: pmin,
         speedup_min: pmin / bmin,
+        batch_kernel_share: kernel_share(cpu.get()[0]),
+        per_key_kernel_share: kernel_share(cpu.get()[1]),
     })
+}
+
+/// system / (user + system); NaN without CPU time.
+fn kernel_share((user, sys): (f64, f64)) -> f64 {
+    sys / (user + sys)
 }

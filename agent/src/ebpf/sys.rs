@@ -370,3 +370,17 @@ pub fn jiffy_ns() -> u64 {
         tollgate_ebpf::DEFAULT_JIFFY_NS
     }
 }
+
+/// CPU time of the calling thread so far, (user, system) in seconds
+/// (getrusage RUSAGE_THREAD: the total is exact, the split between the two
+/// is sampled at the tick).
+pub fn thread_cpu() -> io::Result<(f64, f64)> {
+    // SAFETY: all-zero is a valid `rusage` (plain integers).
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid out-pointer for the call.
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let s = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Ok((s(ru.ru_utime), s(ru.ru_stime)))
+}

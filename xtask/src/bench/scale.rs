@@ -371,15 +371,17 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
             r.load
         );
     }
-    println!(
-        "(drain: medians of 31 alternating rounds after the traffic window, agent paused; minima = least disturbed rounds. Batch ns per entry: {})",
+    let each = |k: &str, scale: f64| {
         rows.iter()
-            .map(|r| format!(
-                "{:.0}",
-                r.drain["batch_ns_per_entry"].as_f64().unwrap_or(f64::NAN)
-            ))
+            .map(|r| format!("{:.0}", r.drain[k].as_f64().unwrap_or(f64::NAN) * scale))
             .collect::<Vec<_>>()
             .join(", ")
+    };
+    println!(
+        "(drain: medians of 31 alternating rounds after the traffic window, agent paused; minima = least disturbed rounds. Batch ns per entry: {}; share of the drain's CPU time in the kernel, batch: {} %, per key: {} %)",
+        each("batch_ns_per_entry", 1.0),
+        each("batch_kernel_share", 100.0),
+        each("per_key_kernel_share", 100.0),
     );
     println!(
         "\nexported per-pod series: {}",
