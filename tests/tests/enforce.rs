@@ -57,22 +57,6 @@ fn tg(cfg: &Path, pins: &Path, state: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// `tollgate detach --config C --pin-dir P`, which must succeed.
-fn detach(cfg: &Path, pins: &Path) {
-    let out = Command::new(tollgate_bin())
-        .args(["detach", "--config"])
-        .arg(cfg)
-        .arg("--pin-dir")
-        .arg(pins)
-        .output()
-        .expect("detach runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Agent config and state dir for a test, removed on drop.
 struct Setup {
     state: std::path::PathBuf,
@@ -413,7 +397,7 @@ fn tc_counts_exactly_and_cuts_off_a_vm_sandbox() {
     );
     drop(agent2);
 
-    detach(&setup.config_file, pins.path());
+    tg(&setup.config_file, pins.path(), &setup.state, &["detach"]);
     assert!(!pins.path().join("v1/links/tc").exists());
     run_ok(send("5"), "udp-send after detach");
     let after = nft::read(&topo.internet().netns)
@@ -518,7 +502,7 @@ fn clsact_filters_survive_sigkill_and_detach_leaves_foreign_filters() {
         "one filter of ours: {f}"
     );
     drop(agent2);
-    detach(&setup.config_file, pins.path());
+    tg(&setup.config_file, pins.path(), &setup.state, &["detach"]);
     for dir in ["ingress", "egress"] {
         let f = filters(&topo.router, "p1", dir);
         assert!(!f.contains("tg_tc_"), "ours gone from {dir}: {f}");
