@@ -46,15 +46,27 @@ impl Loaded {
 
     /// Runs one packet (an Ethernet frame) through egress or ingress.
     pub fn run(&self, egress: bool, frame: &[u8]) -> u32 {
+        self.run_n(egress, frame, 1)
+    }
+
+    /// Runs one frame through egress `repeat` times in one test run (the
+    /// kernel reruns the program on the same packet: `repeat` packets).
+    pub fn run_repeat(&self, frame: &[u8], repeat: u32) {
+        assert_eq!(self.run_n(true, frame, repeat), 1, "verdict must be pass");
+    }
+
+    /// One BPF_PROG_TEST_RUN of `frame`, `repeat` times; the verdict.
+    fn run_n(&self, egress: bool, frame: &[u8], repeat: u32) -> u32 {
         let prog = self.dp.skb_program(egress).unwrap();
         let r = prog
             .test_run(TestRunOptions {
                 data_in: Some(frame),
+                repeat,
                 ..TestRunOptions::default()
             })
             .unwrap_or_else(|e| {
                 panic!(
-                    "BPF_PROG_TEST_RUN on a {}-byte frame {:02x?}: {e}",
+                    "BPF_PROG_TEST_RUN ({repeat}x) on a {}-byte frame {:02x?}: {e}",
                     frame.len(),
                     &frame[..frame.len().min(40)]
                 )
@@ -62,33 +74,10 @@ impl Loaded {
         r.return_value
     }
 
-    /// Runs one frame through egress `repeat` times in one test run (the
-    /// kernel reruns the program on the same packet: `repeat` packets).
-    pub fn run_repeat(&self, frame: &[u8], repeat: u32) {
-        let r = self
-            .dp
-            .skb_program(true)
-            .unwrap()
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                repeat,
-                ..TestRunOptions::default()
-            })
-            .expect("BPF_PROG_TEST_RUN with repeat");
-        assert_eq!(r.return_value, 1, "verdict must be pass");
-    }
-
     /// Counters of this process's cgroup in `TG_CG_STATS` alone, without
     /// the flow cache.
     pub fn my_map_stats(&self) -> CgroupStats {
-        let id = my_cgroup_id();
-        self.maps()
-            .cgroup_stats_batch()
-            .unwrap()
-            .into_iter()
-            .find(|(k, _)| *k == id)
-            .map(|(_, v)| v)
-            .unwrap_or_default()
+        row(self.maps().cgroup_stats_batch().unwrap(), &my_cgroup_id()).unwrap_or_default()
     }
 
     pub fn maps(&self) -> PinnedMaps {
@@ -97,15 +86,7 @@ impl Loaded {
 
     /// Counters of this process's cgroup (the test-run socket belongs to it).
     pub fn my_stats(&self) -> CgroupStats {
-        let id = my_cgroup_id();
-        self.maps()
-            .counts(true)
-            .unwrap()
-            .0
-            .into_iter()
-            .find(|(k, _)| *k == id)
-            .map(|(_, v)| v)
-            .unwrap_or_default()
+        row(self.maps().counts(true).unwrap().0, &my_cgroup_id()).unwrap_or_default()
     }
 
     pub fn flow(&self, ip: IpAddr, port: u16, proto: u8) -> Option<tollgate_ebpf::FlowStats> {
@@ -118,14 +99,13 @@ impl Loaded {
             family,
             _pad: [0; 4],
         };
-        self.maps()
-            .counts(true)
-            .unwrap()
-            .1
-            .into_iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v)
+        row(self.maps().counts(true).unwrap().1, &key)
     }
+}
+
+/// The value of `key` among a map's (key, value) rows.
+fn row<K: PartialEq, V>(rows: Vec<(K, V)>, key: &K) -> Option<V> {
+    rows.into_iter().find(|(k, _)| k == key).map(|(_, v)| v)
 }
 
 impl Drop for Loaded {
