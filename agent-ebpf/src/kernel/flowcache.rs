@@ -19,7 +19,7 @@ use tollgate_ebpf::{
 use super::{
     maps::{FC_GEN, FLOW_CACHE, FLOWS},
     stats::{
-        Dir, FlowSeen, TX_SINCE_SYN_CAP, add_flow_counts, add_pair, bump, cgroup_slot, create_flow,
+        Dir, FlowSeen, add_flow_counts, add_pair, bump, cgroup_slot, create_flow, step_tx_since_syn,
     },
 };
 use aya_ebpf::helpers::generated::bpf_jiffies64;
@@ -106,10 +106,7 @@ pub fn hit(key: &PeerKey, dir: Dir, bytes: u64, syn: bool) -> Option<FlowSeen> {
         (*s).last_jiffies = jiffies();
         let mut tx_since_syn = 0;
         if dir == Dir::Egress {
-            tx_since_syn = if syn { 1 } else { (*s).tx_since_syn + 1 };
-            if tx_since_syn <= TX_SINCE_SYN_CAP {
-                (*s).tx_since_syn = tx_since_syn;
-            }
+            tx_since_syn = step_tx_since_syn(&raw mut (*s).tx_since_syn, syn);
         }
         let internal = (*s).scope == SCOPE_INTERNAL;
         compiler_fence(Ordering::SeqCst);

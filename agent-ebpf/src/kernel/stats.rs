@@ -144,7 +144,23 @@ pub struct FlowSeen {
 
 /// `tx_since_syn` stops counting here, so long streams stop dirtying the
 /// field once they are past any start-of-stream window.
-pub const TX_SINCE_SYN_CAP: u32 = 1024;
+const TX_SINCE_SYN_CAP: u32 = 1024;
+
+/// Steps a flow's `tx_since_syn` (at `field`, in a map value or a
+/// flow-cache slot) for one egress packet, restarting at 1 on a SYN;
+/// returns the new count. The stored value stops at [`TX_SINCE_SYN_CAP`].
+#[inline(always)]
+pub fn step_tx_since_syn(field: *mut u32, syn: bool) -> u32 {
+    // SAFETY: `field` points to an aligned u32 in a live map value; a
+    // plain load and store (last writer wins).
+    unsafe {
+        let n = if syn { 1 } else { *field + 1 };
+        if n <= TX_SINCE_SYN_CAP {
+            *field = n;
+        }
+        n
+    }
+}
 
 /// Counts one packet in the flow table, creating the flow. `syn`: an
 /// egress TCP SYN, which restarts the flow's start-of-stream window.
@@ -159,10 +175,7 @@ pub fn count_flow(key: &PeerKey, dir: Dir, bytes: u64, syn: bool, now: u64) -> F
             (*f).last_seen_ns = now;
             let mut tx_since_syn = 0;
             if dir == Dir::Egress {
-                tx_since_syn = if syn { 1 } else { (*f).tx_since_syn + 1 };
-                if tx_since_syn <= TX_SINCE_SYN_CAP {
-                    (*f).tx_since_syn = tx_since_syn;
-                }
+                tx_since_syn = step_tx_since_syn(&raw mut (*f).tx_since_syn, syn);
             }
             return FlowSeen {
                 internal: (*f).scope == SCOPE_INTERNAL,
