@@ -1,12 +1,14 @@
 //! The one place that reads packet bytes, and the IPv4/IPv6 header walk.
 //!
-//! All reads go through [`load`], i.e. bpf_skb_load_bytes, which checks the
-//! offset against the packet length in the kernel: a truncated or garbage
-//! packet yields `Err`, never an out-of-bounds read. For cgroup_skb programs
+//! All reads go through [`load`] (bytes) or [`load_words`] (32-bit words,
+//! for the headers every packet parses): directly from the linear data
+//! after a bounds check, else bpf_skb_load_bytes, which checks the offset
+//! against the packet length in the kernel. A truncated or garbage packet
+//! yields `Err`, never an out-of-bounds read. For cgroup_skb programs
 //! offset 0 is the start of the IP header.
 
 use aya_ebpf::programs::SkBuffContext;
-use tollgate_ebpf::{FAMILY_V4, FAMILY_V6, v4_mapped};
+use tollgate_ebpf::{FAMILY_V4, FAMILY_V6};
 
 const ETH_P_IP: u32 = 0x0800;
 const ETH_P_IPV6: u32 = 0x86DD;
@@ -42,6 +44,69 @@ pub fn load<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Result<[u8; N
         return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
     }
     ctx.load::<[u8; N]>(offset).map_err(|_| ())
+}
+
+/// Reads `N` 32-bit words at `offset` from the network header, as
+/// [`load`] does bytes: one load per word where [`load`] needs one per
+/// byte plus the shifts that put them together (about 5 ns of the 50 an
+/// IPv4 packet costs). Word `i` holds bytes `4i..4i+4` in memory order
+/// (`to_le_bytes`: the BPF target is little-endian).
+#[inline(always)]
+pub fn load_words<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Result<[u32; N], ()> {
+    let skb = ctx.skb.skb;
+    // SAFETY: plain reads of the program's own context, as in `load`.
+    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
+    if start + offset + 4 * N <= end {
+        // SAFETY: the words lie inside the linear packet data, checked
+        // just above (and by the verifier). They may sit at any byte
+        // address (an IP header is often 2 bytes off a 4-byte boundary):
+        // the verifier allows unaligned packet loads on architectures
+        // with efficient unaligned access (x86-64, arm64), where
+        // Tollgate runs, and a word load of a packet is what C programs
+        // do through `struct iphdr *`. `read_unaligned` would compile to
+        // byte loads: the BPF backend assumes strict alignment.
+        return Ok(unsafe { core::ptr::read((start + offset) as *const [u32; N]) });
+    }
+    // Paged data or past the end: the helper, into an aligned buffer
+    // (left uninitialised: the helper writes all of it or fails).
+    let mut w = core::mem::MaybeUninit::<[u32; N]>::uninit();
+    // SAFETY: `w` is 4N writable bytes on the stack; the helper checks
+    // offset + 4N against the packet and fails cleanly, zeroing `w`.
+    let r = unsafe {
+        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
+            skb as *const core::ffi::c_void,
+            offset as u32,
+            w.as_mut_ptr() as *mut core::ffi::c_void,
+            (4 * N) as u32,
+        )
+    };
+    if r < 0 {
+        Err(())
+    } else {
+        // SAFETY: the helper succeeded, so it wrote all 4N bytes.
+        Ok(unsafe { w.assume_init() })
+    }
+}
+
+/// Byte `k` (0..4) of a word read by [`load_words`].
+#[inline(always)]
+const fn byte(w: u32, k: usize) -> u8 {
+    w.to_le_bytes()[k]
+}
+
+/// Four words as the 16 bytes they were read from.
+#[inline(always)]
+const fn bytes16(w: [u32; 4]) -> [u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size; every bit
+    // pattern is valid for both.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(w) }
+}
+
+/// An IPv4 address word as its IPv4-mapped IPv6 form (`::ffff:a.b.c.d`,
+/// as `tollgate_ebpf::v4_mapped`), built from words.
+#[inline(always)]
+const fn v4_mapped_word(a: u32) -> [u8; 16] {
+    bytes16([0, 0, u32::from_le_bytes([0, 0, 0xff, 0xff]), a])
 }
 
 /// One byte at `offset`, or 256 past the end of the packet. (A plain
@@ -136,21 +201,22 @@ fn carries_ports(proto: u8) -> bool {
 
 #[inline(always)]
 fn ports(ctx: &SkBuffContext, offset: usize, h: &mut Headers) -> Result<(), ()> {
-    let p = load::<4>(ctx, offset)?;
-    h.sport = u16::from_be_bytes([p[0], p[1]]);
-    h.dport = u16::from_be_bytes([p[2], p[3]]);
+    let [p] = load_words::<1>(ctx, offset)?;
+    h.sport = u16::from_be_bytes([byte(p, 0), byte(p, 1)]);
+    h.dport = u16::from_be_bytes([byte(p, 2), byte(p, 3)]);
     // Payload offset and TCP flags are extras for the DNS and stratum
     // checks: a header cut short after the ports is still a counted
     // packet with ports, just without payload inspection.
     if h.proto == IPPROTO_UDP {
         h.payload_off = offset + 8;
     } else if h.proto == IPPROTO_TCP
-        && let Ok(t) = load::<14>(ctx, offset)
+        && let Ok(t) = load_words::<4>(ctx, offset)
     {
-        let doff = ((t[12] >> 4) as usize) * 4;
+        // Bytes 12 (data offset) and 13 (flags) of the TCP header.
+        let doff = ((byte(t[3], 0) >> 4) as usize) * 4;
         if doff >= 20 {
             h.payload_off = offset + doff;
-            h.tcp_flags = t[13];
+            h.tcp_flags = byte(t[3], 1);
         }
     }
     Ok(())
@@ -175,25 +241,26 @@ pub fn parse(ctx: &SkBuffContext) -> Result<Headers, ()> {
 
 #[inline(always)]
 fn parse_v4(ctx: &SkBuffContext) -> Result<Headers, ()> {
-    let b = load::<20>(ctx, 0)?;
-    if b[0] >> 4 != 4 {
+    let w = load_words::<5>(ctx, 0)?;
+    let b0 = byte(w[0], 0);
+    if b0 >> 4 != 4 {
         return Err(());
     }
-    let ihl = ((b[0] & 0x0f) as usize) * 4;
+    let ihl = ((b0 & 0x0f) as usize) * 4;
     if ihl < 20 {
         return Err(());
     }
     let mut h = Headers {
         family: FAMILY_V4,
-        proto: b[9],
-        src: v4_mapped([b[12], b[13], b[14], b[15]]),
-        dst: v4_mapped([b[16], b[17], b[18], b[19]]),
+        proto: byte(w[2], 1),
+        src: v4_mapped_word(w[3]),
+        dst: v4_mapped_word(w[4]),
         sport: 0,
         dport: 0,
         payload_off: 0,
         tcp_flags: 0,
     };
-    let frag_offset = u16::from_be_bytes([b[6], b[7]]) & 0x1fff;
+    let frag_offset = u16::from_be_bytes([byte(w[1], 2), byte(w[1], 3)]) & 0x1fff;
     if frag_offset == 0 && carries_ports(h.proto) {
         ports(ctx, ihl, &mut h)?;
     }
@@ -202,22 +269,20 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Headers, ()> {
 
 #[inline(always)]
 fn parse_v6(ctx: &SkBuffContext) -> Result<Headers, ()> {
-    let b = load::<40>(ctx, 0)?;
-    if b[0] >> 4 != 6 {
+    let w = load_words::<10>(ctx, 0)?;
+    if byte(w[0], 0) >> 4 != 6 {
         return Err(());
     }
     let mut h = Headers {
         family: FAMILY_V6,
-        proto: b[6],
-        src: [0; 16],
-        dst: [0; 16],
+        proto: byte(w[1], 2),
+        src: bytes16([w[2], w[3], w[4], w[5]]),
+        dst: bytes16([w[6], w[7], w[8], w[9]]),
         sport: 0,
         dport: 0,
         payload_off: 0,
         tcp_flags: 0,
     };
-    h.src.copy_from_slice(&b[8..24]);
-    h.dst.copy_from_slice(&b[24..40]);
     let mut offset = 40usize;
     let mut has_ports = true;
     for _ in 0..MAX_EXT_HEADERS {

@@ -383,6 +383,25 @@ pub fn run(args: &ScaleArgs) -> Result<()> {
         each("batch_kernel_share", 100.0),
         each("per_key_kernel_share", 100.0),
     );
+    for r in &rows {
+        let ms = |k: &str| {
+            r.drain[k]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .map(|x| format!("{:.3}", x.as_f64().unwrap_or(f64::NAN)))
+                        .collect::<Vec<_>>()
+                        .join(" / ")
+                })
+                .unwrap_or_default()
+        };
+        println!(
+            "  {} cgroups, ms by map (cgroups / flows / storage / flow cache twice): batch {}, per key {}",
+            r.cgroups,
+            ms("batch_by_map_ms"),
+            ms("per_key_by_map_ms")
+        );
+    }
     println!(
         "\nexported per-pod series: {}",
         rows.iter()
