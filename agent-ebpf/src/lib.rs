@@ -140,8 +140,11 @@ pub mod prog {
     pub const CONNECT6: &str = "tg_connect6";
     pub const SENDMSG4: &str = "tg_sendmsg4";
     pub const SENDMSG6: &str = "tg_sendmsg6";
-    /// Benchmark baseline (one per-CPU array increment); never attached.
+    /// Benchmark baseline (one per-CPU array increment), egress and
+    /// ingress. Attached only by `tollgate bench-floor`, for the
+    /// benchmark's reference run, never by the agent.
     pub const BENCH_BASELINE: &str = "tg_bench_baseline";
+    pub const BENCH_BASELINE_IN: &str = "tg_bench_baseline_in";
     /// Tail-called by the egress program (slot [`crate::JUMP_DNS`]):
     /// DNS query count and name sampling. Never attached.
     pub const SKB_DNS: &str = "tg_skb_dns";

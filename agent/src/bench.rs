@@ -74,7 +74,7 @@ pub fn prog_bench(
             let (mut base, mut egress) = (Vec::new(), Vec::new());
             for _ in 0..rounds {
                 // Alternate so drift on a shared machine hits both alike.
-                base.push(run(dp.bench_baseline()?, &frame, repeat)?);
+                base.push(run(dp.bench_baseline(true)?, &frame, repeat)?);
                 egress.push(run(dp.skb_program(true)?, &frame, repeat)?);
             }
             let min = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -110,6 +110,43 @@ fn run(p: &aya::programs::CgroupSkb, frame: &[u8], repeat: u32) -> Result<f64, D
         })?;
     // The kernel reports the mean duration of one run.
     Ok(r.duration.as_nanos() as f64)
+}
+
+/// `tollgate bench-floor`: attaches the benchmark baseline program at the
+/// cgroup v2 root (egress and ingress), says `attached` on stdout, and
+/// holds it until stdin closes; then the links go with the process. The
+/// benchmark's reference run: what the cheapest program attached where
+/// Tollgate attaches costs the traffic.
+pub fn floor(pin_root: &str) -> Result<(), DataplaneError> {
+    let pins = PinDir::new(pin_root);
+    let cfg = Config::default();
+    let res = (|| {
+        let mut dp = Dataplane::load(&LoadOptions {
+            pins: pins.clone(),
+            maps: cfg.maps.clone(),
+            cidrs: cfg.cidr_table(),
+            storage: false,
+            storage_stats_entries: cfg.storage.stats_entries,
+            storage_btf: cfg.storage.btf.clone(),
+        })?;
+        let root = crate::cgroupfs::cgroup2_mount().map_err(|e| DataplaneError::Io {
+            what: "finding the cgroup v2 mount",
+            path: "/proc/self/mountinfo".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        dp.attach_bench_baseline(&root)?;
+        println!("attached");
+        let io = |source| DataplaneError::Io {
+            what: "waiting for stdin to close",
+            path: "stdin".into(),
+            source,
+        };
+        std::io::Write::flush(&mut std::io::stdout()).map_err(io)?;
+        std::io::copy(&mut std::io::stdin(), &mut std::io::sink()).map_err(io)?;
+        Ok(())
+    })();
+    let _ = remove_pins(&pins);
+    res
 }
 
 #[derive(Debug, Serialize)]

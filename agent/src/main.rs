@@ -121,6 +121,13 @@ enum Cmd {
         #[arg(long, default_value = "/sys/fs/bpf/tollgate-bench-prog")]
         pin_dir: String,
     },
+    /// Hold the benchmark baseline program attached at the cgroup root
+    /// until stdin closes (for `cargo xtask bench dataplane`).
+    #[command(hide = true)]
+    BenchFloor {
+        #[arg(long, default_value = "/sys/fs/bpf/tollgate-bench-floor")]
+        pin_dir: String,
+    },
     /// Time draining a running agent's maps, batch vs per key (for `cargo xtask bench scale`).
     #[command(hide = true)]
     BenchDrain {
@@ -478,6 +485,13 @@ fn main() -> ExitCode {
             rounds,
             pin_dir,
         } => print_json(tollgate::bench::prog_bench(&pin_dir, repeat, rounds)),
+        Cmd::BenchFloor { pin_dir } => match tollgate::bench::floor(&pin_dir) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tollgate: {}", chain(&e));
+                ExitCode::FAILURE
+            }
+        },
         Cmd::BenchDrain { rounds, pin_dir } => {
             print_json(tollgate::bench::drain_bench(&PinDir::new(pin_dir), rounds))
         }

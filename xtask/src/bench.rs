@@ -100,31 +100,41 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
 
     let (mut tcp, mut udp) = (Samples::default(), Samples::default());
     for pair in 0..args.pairs {
-        // ABBA order (off,on,on,off,...) cancels order effects such as a warm
-        // cache after the first run, and halves the agent restarts.
+        // ABBA order (off, floor, on / on, floor, off, ...) cancels order
+        // effects such as a warm cache after the first run, and halves the
+        // agent restarts.
         let order = if pair % 2 == 0 {
-            [false, true]
+            [Side::Without, Side::Floor, Side::With]
         } else {
-            [true, false]
+            [Side::With, Side::Floor, Side::Without]
         };
-        for attached in order {
-            match (attached, agent.is_some()) {
-                (true, false) => agent = Some(start(&bin, args.no_storage)?),
-                (false, true) => agent.take().expect("checked is_some").stop()?,
+        for side in order {
+            match (side, agent.is_some()) {
+                (Side::With, false) => agent = Some(start(&bin, args.no_storage)?),
+                (Side::Without | Side::Floor, true) => {
+                    agent.take().expect("checked is_some").stop()?
+                }
                 _ => {}
             }
+            let floor = match side {
+                Side::Floor => Some(Floor::start(&bin)?),
+                _ => None,
+            };
             let bps = tcp_bits_per_second(args.seconds)?;
             let pps = udp_packets_per_second(args.seconds)?;
-            let state = if attached { "with" } else { "without" };
+            if let Some(f) = floor {
+                f.stop()?;
+            }
             eprintln!(
-                "bench: pair {}/{} {state:>7}: TCP {:.2} Gbit/s, UDP 64 B {:.1} kpps",
+                "bench: pair {}/{} {:>8}: TCP {:.2} Gbit/s, UDP 64 B {:.1} kpps",
                 pair + 1,
                 args.pairs,
+                side.name(),
                 bps / 1e9,
                 pps / 1e3
             );
-            tcp.push(attached, bps);
-            udp.push(attached, pps);
+            tcp.push(side, bps);
+            udp.push(side, pps);
         }
     }
     // Per-program cost on the live path, from one more "with" run (the
@@ -143,12 +153,18 @@ fn dataplane(args: &DataplaneArgs) -> Result<()> {
         if args.no_storage { "off" } else { "on" }
     );
     println!(
-        "{:<16} | {:>13} | {:>13} | {:>6} | target",
-        "metric", "without", "with", "ratio"
+        "{:<16} | {:>13} | {:>13} | {:>6} | {:>13} | {:>6} | target (with)",
+        "metric", "without", "with", "ratio", "floor", "ratio"
     );
-    println!("{}", "-".repeat(16 + 3 + 13 + 3 + 13 + 3 + 6 + 3 + 14));
+    println!(
+        "{}",
+        "-".repeat(16 + 3 + 13 + 3 + 13 + 3 + 6 + 3 + 13 + 3 + 6 + 3 + 14)
+    );
     tcp.row("TCP throughput", |v| format!("{:.2} Gbit/s", v / 1e9), 0.99);
     udp.row("UDP 64 B rate", |v| format!("{:.1} kpps", v / 1e3), 0.97);
+    println!(
+        "(floor: only the baseline program (one per-CPU add) attached at the cgroup root, egress and ingress: what any program attached where Tollgate attaches costs this traffic)"
+    );
     costs?.print();
     Ok(())
 }
@@ -388,30 +404,56 @@ per-packet cost (BPF_PROG_TEST_RUN, repeat 1e6, median of 11 alternating rounds)
     Ok(())
 }
 
+/// What is attached during a throughput run.
+#[derive(Clone, Copy)]
+enum Side {
+    Without,
+    /// Only the baseline program ([`Floor`]).
+    Floor,
+    With,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Without => "without",
+            Side::Floor => "floor",
+            Side::With => "with",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Samples {
     without: Vec<f64>,
+    floor: Vec<f64>,
     with: Vec<f64>,
 }
 
 impl Samples {
-    fn push(&mut self, attached: bool, v: f64) {
-        if attached {
-            &mut self.with
-        } else {
-            &mut self.without
+    fn push(&mut self, side: Side, v: f64) {
+        match side {
+            Side::Without => &mut self.without,
+            Side::Floor => &mut self.floor,
+            Side::With => &mut self.with,
         }
         .push(v);
     }
 
     fn row(&self, name: &str, fmt: impl Fn(f64) -> String, target: f64) {
-        let (off, on) = (median(&self.without), median(&self.with));
+        let (off, floor, on) = (
+            median(&self.without),
+            median(&self.floor),
+            median(&self.with),
+        );
         let ratio = on / off;
         let verdict = if ratio >= target { "ok" } else { "BELOW" };
         println!(
-            "{name:<16} | {:>13} | {:>13} | {ratio:>6.3} | >= {target} {verdict}",
+            "{name:<16} | {:>13} | {:>13} | {ratio:>6.3} | {:>13} | {:>6.3} | >= {target} {verdict}",
             fmt(off),
-            fmt(on)
+            fmt(on),
+            fmt(floor),
+            floor / off
         );
     }
 }
@@ -557,6 +599,65 @@ impl Drop for Agent {
         if !self.stopped
             && let Err(e) = self.shutdown()
         {
+            eprintln!("bench: cleanup: {e:#}");
+        }
+    }
+}
+
+/// `tollgate bench-floor`: the baseline program attached at the cgroup
+/// root until stdin closes. Its links are not pinned, so they go with the
+/// process however it ends; Drop closes stdin and waits.
+struct Floor {
+    child: Child,
+}
+
+const FLOOR_PIN_DIR: &str = "/sys/fs/bpf/tollgate-bench-floor";
+
+impl Floor {
+    fn start(bin: &Path) -> Result<Self> {
+        let mut child = Command::new(bin)
+            .args(["bench-floor", "--pin-dir", FLOOR_PIN_DIR])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {} bench-floor", bin.display()))?;
+        let out = child.stdout.take().expect("piped");
+        // Read on a thread so a hung child cannot hang the bench.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let r = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
+            let _ = tx.send(r.map(|_| line));
+        });
+        let floor = Floor { child };
+        let line = match rx.recv_timeout(ATTACH_TIMEOUT) {
+            Ok(Ok(l)) => l,
+            Ok(Err(e)) => bail!("reading bench-floor's stdout: {e}"),
+            Err(_) => bail!("bench-floor did not attach within {ATTACH_TIMEOUT:?}"),
+        };
+        if line.trim() != "attached" {
+            bail!("bench-floor failed to attach (said {:?})", line.trim());
+        }
+        Ok(floor)
+    }
+
+    fn stop(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        drop(self.child.stdin.take());
+        if wait_bounded(&mut self.child, STOP_TIMEOUT)?.is_none() {
+            bail!("bench-floor did not exit within {STOP_TIMEOUT:?} of stdin closing; killed it");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
             eprintln!("bench: cleanup: {e:#}");
         }
     }

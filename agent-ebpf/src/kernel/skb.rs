@@ -107,11 +107,23 @@ fn account(ctx: &SkBuffContext, dir: Dir, cgroup_id: u64, bytes: u64, h: &packet
     }
 }
 
-/// Benchmark baseline, never attached: the cheapest useful cgroup_skb
-/// program (one per-CPU array increment), measured next to the real egress
-/// program by `cargo xtask bench dataplane`.
+/// Benchmark baseline: the cheapest useful cgroup_skb program (one
+/// per-CPU array increment), measured next to the real egress program by
+/// `cargo xtask bench dataplane`, and attached at the root (egress and
+/// ingress) for its reference throughput run. The agent never attaches it.
 #[cgroup_skb(egress)]
 pub fn tg_bench_baseline(ctx: SkBuffContext) -> i32 {
+    bench_count(&ctx)
+}
+
+/// The same for ingress.
+#[cgroup_skb(ingress)]
+pub fn tg_bench_baseline_in(ctx: SkBuffContext) -> i32 {
+    bench_count(&ctx)
+}
+
+#[inline(always)]
+fn bench_count(ctx: &SkBuffContext) -> i32 {
     if let Some(p) = super::maps::BENCH.get_ptr_mut(0) {
         super::stats::add(p, ctx.len() as u64);
     }

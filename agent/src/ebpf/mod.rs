@@ -864,9 +864,14 @@ impl Dataplane {
         Ok(())
     }
 
-    /// The benchmark baseline program, loaded on first use.
-    pub fn bench_baseline(&mut self) -> Result<&CgroupSkb> {
-        let name = prog::BENCH_BASELINE;
+    /// The benchmark baseline program (egress, or its ingress twin),
+    /// loaded on first use.
+    pub fn bench_baseline(&mut self, egress: bool) -> Result<&mut CgroupSkb> {
+        let name = if egress {
+            prog::BENCH_BASELINE
+        } else {
+            prog::BENCH_BASELINE_IN
+        };
         let p: &mut CgroupSkb = self
             .ebpf
             .program_mut(name)
@@ -877,6 +882,26 @@ impl Dataplane {
             p.load().map_err(prog_err(name))?;
         }
         Ok(p)
+    }
+
+    /// Attaches the benchmark baseline programs at `cgroup`, egress and
+    /// ingress, without pins: the links belong to this process and go
+    /// when it exits, however it exits.
+    pub fn attach_bench_baseline(&mut self, cgroup: &Path) -> Result<()> {
+        let cg = File::open(cgroup).map_err(|source| DataplaneError::Io {
+            what: "opening cgroup",
+            path: cgroup.to_owned(),
+            source,
+        })?;
+        for (egress, kind) in [
+            (true, CgroupSkbAttachType::Egress),
+            (false, CgroupSkbAttachType::Ingress),
+        ] {
+            self.bench_baseline(egress)?
+                .attach(&cg, kind, CgroupAttachMode::Single)
+                .map_err(prog_err(prog::BENCH_BASELINE))?;
+        }
+        Ok(())
     }
 
     /// The cgroup_skb egress or ingress program, for BPF_PROG_TEST_RUN.
