@@ -57,17 +57,7 @@ pub fn prog_bench(
     repeat: u32,
     rounds: usize,
 ) -> Result<Vec<ProgBenchRow>, DataplaneError> {
-    let pins = PinDir::new(pin_root);
-    let cfg = Config::default();
-    let res = (|| {
-        let mut dp = Dataplane::load(&LoadOptions {
-            pins: pins.clone(),
-            maps: cfg.maps.clone(),
-            cidrs: cfg.cidr_table(),
-            storage: false,
-            storage_stats_entries: cfg.storage.stats_entries,
-            storage_btf: cfg.storage.btf.clone(),
-        })?;
+    with_dataplane(pin_root, |dp| {
         let mut rows = Vec::new();
         for size in [64usize, 1500] {
             let frame = udp_frame(size);
@@ -92,7 +82,21 @@ pub fn prog_bench(
             });
         }
         Ok(rows)
-    })();
+    })
+}
+
+/// Runs `f` on the programs loaded with the default config, storage
+/// off, under their own pins in `pin_root`, removed afterwards.
+fn with_dataplane<T>(
+    pin_root: &str,
+    f: impl FnOnce(&mut Dataplane) -> Result<T, DataplaneError>,
+) -> Result<T, DataplaneError> {
+    let pins = PinDir::new(pin_root);
+    let opts = LoadOptions {
+        storage: false,
+        ..LoadOptions::from_config(&Config::default(), pins.clone())
+    };
+    let res = Dataplane::load(&opts).and_then(|mut dp| f(&mut dp));
     let _ = remove_pins(&pins);
     res
 }
@@ -118,17 +122,7 @@ fn run(p: &aya::programs::CgroupSkb, frame: &[u8], repeat: u32) -> Result<f64, D
 /// benchmark's reference run: what the cheapest program attached where
 /// Tollgate attaches costs the traffic.
 pub fn floor(pin_root: &str) -> Result<(), DataplaneError> {
-    let pins = PinDir::new(pin_root);
-    let cfg = Config::default();
-    let res = (|| {
-        let mut dp = Dataplane::load(&LoadOptions {
-            pins: pins.clone(),
-            maps: cfg.maps.clone(),
-            cidrs: cfg.cidr_table(),
-            storage: false,
-            storage_stats_entries: cfg.storage.stats_entries,
-            storage_btf: cfg.storage.btf.clone(),
-        })?;
+    with_dataplane(pin_root, |dp| {
         let root = crate::cgroupfs::cgroup2_mount().map_err(|e| DataplaneError::Io {
             what: "finding the cgroup v2 mount",
             path: "/proc/self/mountinfo".into(),
@@ -144,9 +138,7 @@ pub fn floor(pin_root: &str) -> Result<(), DataplaneError> {
         std::io::Write::flush(&mut std::io::stdout()).map_err(io)?;
         std::io::copy(&mut std::io::stdin(), &mut std::io::sink()).map_err(io)?;
         Ok(())
-    })();
-    let _ = remove_pins(&pins);
-    res
+    })
 }
 
 #[derive(Debug, Serialize)]

@@ -70,17 +70,7 @@ pub async fn run(mut cfg: Config, opts: RunOptions) -> Result<(), RunError> {
     if cfg.kernel.disabled(crate::kernel::ProgramType::SchedCls) {
         cfg.tc.enabled = false;
     }
-    let mut dp = Dataplane::load_with(
-        &LoadOptions {
-            pins: pins.clone(),
-            maps: cfg.maps.clone(),
-            cidrs: cfg.cidr_table(),
-            storage: cfg.storage.enabled,
-            storage_stats_entries: cfg.storage.stats_entries,
-            storage_btf: cfg.storage.btf.clone(),
-        },
-        &cfg.kernel,
-    )?;
+    let mut dp = Dataplane::load_with(&LoadOptions::from_config(&cfg, pins.clone()), &cfg.kernel)?;
     let target = mount.join(&cfg.agent.attach_cgroup);
     dp.attach(&target)?;
     let mut inventory = Inventory::new(

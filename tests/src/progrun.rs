@@ -33,12 +33,8 @@ impl Loaded {
         let cfg = tollgate::config::Config::parse(&format!("{CONFIG}{extra}")).unwrap();
         cfg.validate().expect("valid test config");
         let dp = Dataplane::load(&LoadOptions {
-            pins: pins.clone(),
-            maps: cfg.maps.clone(),
-            cidrs: cfg.cidr_table(),
             storage: true,
-            storage_stats_entries: cfg.storage.stats_entries,
-            storage_btf: cfg.storage.btf.clone(),
+            ..LoadOptions::from_config(&cfg, pins.clone())
         })
         .expect("load programs");
         Self { dp, pins }

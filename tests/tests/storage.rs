@@ -341,12 +341,8 @@ fn storage_programs_load_and_check_reports_them() {
         tollgate_tests::unique_suffix()
     ));
     let dp = Dataplane::load(&LoadOptions {
-        pins: pins.clone(),
-        maps: cfg.maps.clone(),
-        cidrs: cfg.cidr_table(),
         storage: true,
-        storage_stats_entries: cfg.storage.stats_entries,
-        storage_btf: cfg.storage.btf.clone(),
+        ..LoadOptions::from_config(&cfg, pins.clone())
     });
     let status = dp.map(|d| d.storage.clone());
     let _ = remove_pins(&pins);

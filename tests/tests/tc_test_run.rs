@@ -38,12 +38,8 @@ fn load() -> Loaded {
     ));
     let cfg = tollgate::config::Config::default();
     let dp = Dataplane::load(&LoadOptions {
-        pins: pins.clone(),
-        maps: cfg.maps.clone(),
-        cidrs: cfg.cidr_table(),
         storage: false,
-        storage_stats_entries: cfg.storage.stats_entries,
-        storage_btf: cfg.storage.btf.clone(),
+        ..LoadOptions::from_config(&cfg, pins.clone())
     })
     .expect("load programs");
     Loaded { dp, pins }

@@ -336,6 +336,20 @@ pub struct LoadOptions {
     pub storage_btf: PathBuf,
 }
 
+impl LoadOptions {
+    /// The options `config` asks for, with pins under `pins`.
+    pub fn from_config(config: &crate::config::Config, pins: PinDir) -> Self {
+        Self {
+            pins,
+            maps: config.maps.clone(),
+            cidrs: config.cidr_table(),
+            storage: config.storage.enabled,
+            storage_stats_entries: config.storage.stats_entries,
+            storage_btf: config.storage.btf.clone(),
+        }
+    }
+}
+
 /// Whether storage accounting runs, and if not, why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StorageStatus {
