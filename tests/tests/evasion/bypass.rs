@@ -288,7 +288,7 @@ fn host_network_pod_is_counted_by_its_cgroup() {
         node_findings.is_empty(),
         "the node's own cgroup is not blamed: {node_findings:?}"
     );
-    row(
+    lab.report(
         "4 hostNetwork-style pod",
         &format!(
             "{DATAGRAMS} datagrams + {TCP_BYTES} B TCP upload from a cgroup in the node's netns (node's own cgroup: {DATAGRAMS} datagrams, counted apart: {} B, no finding)",
@@ -296,7 +296,6 @@ fn host_network_pod_is_counted_by_its_cgroup() {
         ),
         count(hrow.egress.external),
         host_out,
-        &lab.detectors_for(hostnet.id()).join(","),
+        hostnet.id(),
     );
-    crate::lab::summaries(&lab, hostnet.id());
 }

@@ -91,16 +91,15 @@ fn stratum_over_tls_on_443_is_caught_by_its_profile() {
         !detected.contains(&"mining.stratum") && !detected.contains(&"mining.pool_port"),
         "{detected:?}"
     );
-    row(
+    lab.report(
         "5 stratum over TLS :443",
         &format!(
             "1 TLS session, subscribe + authorize + {SHARES} shares, 300 ms busy CPU each (stratum markers seen: 0)"
         ),
         agent,
         reference,
-        &detected.join(","),
+        pod.cgroup.id(),
     );
-    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
 /// Case 6: A DNS tunnel with iodine: iodined is the authoritative server of
@@ -185,7 +184,7 @@ fn iodine_dns_tunnel_is_counted_and_detected() {
         reference.egress(inner),
         "the tunnel's inner packets (dns0, internal)"
     );
-    row(
+    lab.report(
         "6 iodine DNS tunnel",
         &format!(
             "TCP upload of {BYTES} B through iodine: {queries} DNS queries, inner {} pkts ({icmp} ICMP error(s) of the netns not the pod's)",
@@ -193,9 +192,8 @@ fn iodine_dns_tunnel_is_counted_and_detected() {
         ),
         agent,
         total,
-        &lab.detectors_for(pod.cgroup.id()).join(","),
+        pod.cgroup.id(),
     );
-    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
 /// Case 7: A slow drip: 2,000-byte datagrams every 100 ms (about 20 kB/s),

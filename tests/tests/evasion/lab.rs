@@ -344,6 +344,15 @@ pub fn stop(c: &mut Child) {
 }
 
 /// Prints each finding's one-line summary for cgroup `id` under its row.
+impl Lab {
+    /// The suite's table row for cgroup `id` (its detectors named) and
+    /// its findings' summaries.
+    pub fn report(&self, case: &str, tried: &str, agent: Count, nft: Count, id: u64) {
+        row(case, tried, agent, nft, &self.detectors_for(id).join(","));
+        summaries(self, id);
+    }
+}
+
 pub fn summaries(lab: &Lab, id: u64) {
     for f in lab.findings().iter().filter(|f| f.subject.cgroup_id == id) {
         println!("    {} {}: {}", f.detector.as_str(), f.severity, f.summary);

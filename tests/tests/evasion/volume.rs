@@ -11,7 +11,7 @@ use tollgate_tests::{
     traffic::Sink,
 };
 
-use crate::lab::{Lab, Options, TRAFFIC, TRICKLE_PORT, WAIT, row};
+use crate::lab::{Lab, Options, TRAFFIC, TRICKLE_PORT, WAIT};
 
 const UPLOAD: u64 = 40_000_000;
 
@@ -70,14 +70,13 @@ fn ipv6_only_exfiltration_is_counted_and_detected() {
         &pod.netns,
         &[Peer::addr(net)],
     );
-    row(
+    lab.report(
         "1 IPv6-only exfiltration",
         &format!("1 TCP upload of {UPLOAD} B to [{net}]:9100 after a v6 trickle"),
         agent,
         reference,
-        &lab.detectors_for(pod.cgroup.id()).join(","),
+        pod.cgroup.id(),
     );
-    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
 /// Case 2: UDP to port 443 with random payload (QUIC-like first byte): counted
@@ -153,16 +152,15 @@ fn quic_like_udp_is_counted_exactly_and_bulk_is_detected() {
         (DATAGRAMS, DATAGRAMS * (SIZE + 28)),
         "per-flow counts of the 443/udp flow"
     );
-    row(
+    lab.report(
         "2 QUIC-like UDP 443",
         &format!(
             "{DATAGRAMS} random datagrams of {SIZE} B to {net}:443/udp ({received} reached the sink)"
         ),
         agent,
         total,
-        &lab.detectors_for(pod.cgroup.id()).join(","),
+        pod.cgroup.id(),
     );
-    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
 /// The extra internet prefixes of case 8: 2001:db8:1NN::1, one /48 each.
@@ -265,14 +263,13 @@ fn exfiltration_spread_over_many_destinations_is_detected_on_the_total() {
             "flow to [{a}]:9500, agent vs nft"
         );
     }
-    row(
+    lab.report(
         "8 many destinations",
         &format!("{DESTS} TCP uploads of {EACH} B, one per new /48 (each flow exact too)"),
         agent,
         reference,
-        &lab.detectors_for(pod.cgroup.id()).join(","),
+        pod.cgroup.id(),
     );
-    crate::lab::summaries(&lab, pod.cgroup.id());
 }
 
 /// Case 9: Exfiltration to a destination the class uses and its egress policy
@@ -316,14 +313,13 @@ fn exfiltration_to_an_allowed_destination_is_detected() {
         &pod.netns,
         &[Peer::addr(net)],
     );
-    row(
+    lab.report(
         "9 allowed destination",
         &format!(
             "1 TCP upload of {UPLOAD} B to {net}:{TRICKLE_PORT} (class trickles there; policy deny + allow it)"
         ),
         agent,
         reference,
-        &lab.detectors_for(pod.cgroup.id()).join(","),
+        pod.cgroup.id(),
     );
-    crate::lab::summaries(&lab, pod.cgroup.id());
 }
