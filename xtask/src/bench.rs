@@ -609,6 +609,7 @@ impl Drop for Agent {
 /// process however it ends; Drop closes stdin and waits.
 struct Floor {
     child: Child,
+    bin: PathBuf,
 }
 
 const FLOOR_PIN_DIR: &str = "/sys/fs/bpf/tollgate-bench-floor";
@@ -630,7 +631,10 @@ impl Floor {
             let r = std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line);
             let _ = tx.send(r.map(|_| line));
         });
-        let floor = Floor { child };
+        let floor = Floor {
+            child,
+            bin: bin.to_owned(),
+        };
         let line = match rx.recv_timeout(ATTACH_TIMEOUT) {
             Ok(Ok(l)) => l,
             Ok(Err(e)) => bail!("reading bench-floor's stdout: {e}"),
@@ -649,6 +653,8 @@ impl Floor {
     fn shutdown(&mut self) -> Result<()> {
         drop(self.child.stdin.take());
         if wait_bounded(&mut self.child, STOP_TIMEOUT)?.is_none() {
+            // Killed: its links went with it, its map pins did not.
+            detach(&self.bin, FLOOR_PIN_DIR)?;
             bail!("bench-floor did not exit within {STOP_TIMEOUT:?} of stdin closing; killed it");
         }
         Ok(())

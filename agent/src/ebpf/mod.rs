@@ -907,13 +907,13 @@ impl Dataplane {
             path: cgroup.to_owned(),
             source,
         })?;
-        for (egress, kind) in [
-            (true, CgroupSkbAttachType::Egress),
-            (false, CgroupSkbAttachType::Ingress),
+        for (egress, kind, name) in [
+            (true, CgroupSkbAttachType::Egress, prog::BENCH_BASELINE),
+            (false, CgroupSkbAttachType::Ingress, prog::BENCH_BASELINE_IN),
         ] {
             self.bench_baseline(egress)?
                 .attach(&cg, kind, CgroupAttachMode::Single)
-                .map_err(prog_err(prog::BENCH_BASELINE))?;
+                .map_err(prog_err(name))?;
         }
         Ok(())
     }
