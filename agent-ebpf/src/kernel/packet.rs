@@ -28,64 +28,49 @@ const IPPROTO_UDPLITE: u8 = 136;
 /// verifier needs a bound; real traffic rarely has more than two).
 const MAX_EXT_HEADERS: usize = 8;
 
-/// Reads `N` bytes at `offset` from the network header: directly from the
+/// Reads a `T` at `offset` from the network header: directly from the
 /// linear data when it is there (cgroup_skb may read packet data directly
-/// with CAP_PERFMON), else through bpf_skb_load_bytes, which also reaches
-/// paged data and fails cleanly past the end of the packet.
+/// with CAP_PERFMON), else through bpf_skb_load_bytes (`ctx.load`), which
+/// also reaches paged data and fails cleanly past the end of the packet.
+///
+/// The direct read loads `T` with `T`'s alignment: byte loads for byte
+/// arrays, word loads for word arrays. The data may sit at any byte
+/// address (an IP header is often 2 bytes off a 4-byte boundary); the
+/// verifier allows unaligned packet loads on architectures with efficient
+/// unaligned access (x86-64, arm64), where Tollgate runs, and a word load
+/// of a packet is what C programs do through `struct iphdr *`.
+/// (`read_unaligned` would compile to byte loads: the BPF backend assumes
+/// strict alignment.)
 #[inline(always)]
-pub fn load<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Result<[u8; N], ()> {
+fn load_as<T: Copy>(ctx: &SkBuffContext, offset: usize) -> Result<T, ()> {
     let skb = ctx.skb.skb;
     // SAFETY: plain reads of the program's own context; the verifier turns
     // data/data_end into packet pointers.
     let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
-    if start + offset + N <= end {
-        // SAFETY: [start + offset, start + offset + N) lies inside the
-        // linear packet data, checked just above (and by the verifier).
-        return Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const [u8; N]) });
+    if start + offset + core::mem::size_of::<T>() <= end {
+        // SAFETY: [start + offset, start + offset + size_of T) lies inside
+        // the linear packet data, checked just above (and by the
+        // verifier); alignment as explained above. T is only ever an
+        // array of integers, valid for any bits.
+        return Ok(unsafe { core::ptr::read((start + offset) as *const T) });
     }
-    ctx.load::<[u8; N]>(offset).map_err(|_| ())
+    ctx.load::<T>(offset).map_err(|_| ())
 }
 
-/// Reads `N` 32-bit words at `offset` from the network header, as
-/// [`load`] does bytes: one load per word where [`load`] needs one per
-/// byte plus the shifts that put them together (about 5 ns of the 50 an
-/// IPv4 packet costs). Word `i` holds bytes `4i..4i+4` in memory order
-/// (`to_le_bytes`: the BPF target is little-endian).
+/// Reads `N` bytes at `offset` from the network header ([`load_as`]).
+#[inline(always)]
+pub fn load<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Result<[u8; N], ()> {
+    load_as(ctx, offset)
+}
+
+/// Reads `N` 32-bit words at `offset` from the network header
+/// ([`load_as`]): one load per word where [`load`] needs one per byte plus
+/// the shifts that put them together (about 5 ns of the 50 an IPv4 packet
+/// cost). Word `i` holds bytes `4i..4i+4` in memory order (`to_le_bytes`:
+/// the BPF target is little-endian).
 #[inline(always)]
 pub fn load_words<const N: usize>(ctx: &SkBuffContext, offset: usize) -> Result<[u32; N], ()> {
-    let skb = ctx.skb.skb;
-    // SAFETY: plain reads of the program's own context, as in `load`.
-    let (start, end) = unsafe { ((*skb).data as usize, (*skb).data_end as usize) };
-    if start + offset + 4 * N <= end {
-        // SAFETY: the words lie inside the linear packet data, checked
-        // just above (and by the verifier). They may sit at any byte
-        // address (an IP header is often 2 bytes off a 4-byte boundary):
-        // the verifier allows unaligned packet loads on architectures
-        // with efficient unaligned access (x86-64, arm64), where
-        // Tollgate runs, and a word load of a packet is what C programs
-        // do through `struct iphdr *`. `read_unaligned` would compile to
-        // byte loads: the BPF backend assumes strict alignment.
-        return Ok(unsafe { core::ptr::read((start + offset) as *const [u32; N]) });
-    }
-    // Paged data or past the end: the helper, into an aligned buffer
-    // (left uninitialised: the helper writes all of it or fails).
-    let mut w = core::mem::MaybeUninit::<[u32; N]>::uninit();
-    // SAFETY: `w` is 4N writable bytes on the stack; the helper checks
-    // offset + 4N against the packet and fails cleanly, zeroing `w`.
-    let r = unsafe {
-        aya_ebpf::helpers::generated::bpf_skb_load_bytes(
-            skb as *const core::ffi::c_void,
-            offset as u32,
-            w.as_mut_ptr() as *mut core::ffi::c_void,
-            (4 * N) as u32,
-        )
-    };
-    if r < 0 {
-        Err(())
-    } else {
-        // SAFETY: the helper succeeded, so it wrote all 4N bytes.
-        Ok(unsafe { w.assume_init() })
-    }
+    load_as(ctx, offset)
 }
 
 /// Byte `k` (0..4) of a word read by [`load_words`].
