@@ -278,6 +278,15 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     })
 }
 
+/// The cgroup directory programs are attached to.
+fn open_cgroup(cgroup: &Path) -> Result<File> {
+    File::open(cgroup).map_err(|source| DataplaneError::Io {
+        what: "opening cgroup",
+        path: cgroup.to_owned(),
+        source,
+    })
+}
+
 fn mkdir(path: &Path) -> Result<()> {
     std::fs::create_dir_all(path).map_err(|source| DataplaneError::Io {
         what: "creating directory",
@@ -811,11 +820,7 @@ impl Dataplane {
     /// A disabled program type's links from an earlier run are removed,
     /// which detaches them.
     pub fn attach(&mut self, cgroup: &Path) -> Result<()> {
-        let cg = File::open(cgroup).map_err(|source| DataplaneError::Io {
-            what: "opening cgroup",
-            path: cgroup.to_owned(),
-            source,
-        })?;
+        let cg = open_cgroup(cgroup)?;
         for (name, hook) in PROGRAMS {
             let link_pin = self.pins.links().join(name);
             if !self.hook_enabled(hook) {
@@ -902,11 +907,7 @@ impl Dataplane {
     /// ingress, without pins: the links belong to this process and go
     /// when it exits, however it exits.
     pub fn attach_bench_baseline(&mut self, cgroup: &Path) -> Result<()> {
-        let cg = File::open(cgroup).map_err(|source| DataplaneError::Io {
-            what: "opening cgroup",
-            path: cgroup.to_owned(),
-            source,
-        })?;
+        let cg = open_cgroup(cgroup)?;
         for (egress, kind, name) in [
             (true, CgroupSkbAttachType::Egress, prog::BENCH_BASELINE),
             (false, CgroupSkbAttachType::Ingress, prog::BENCH_BASELINE_IN),
